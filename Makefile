@@ -1,0 +1,46 @@
+# prognos: `make run` runs the main job on the embedded stack, `make test` runs the tests.
+# Both bootstrap what they need first (make setup) and are safe to run twice.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export PYTHONDONTWRITEBYTECODE :=
+PYTEST_ARGS ?=
+
+.PHONY: setup test run bench bench-quick lint clean lock up down status
+
+setup:
+	@infra/setup.sh
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+
+test: setup lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+run: setup
+	$(PY) -m prognos.cli.main run
+
+bench: setup
+	@set -e; for script in bench/*.py; do echo "== $$script"; $(PY) $$script; done
+
+bench-quick: setup
+	@set -e; for script in bench/*.py; do echo "== $$script --quick"; $(PY) $$script --quick; done
+
+lock:
+	$(VENV)/bin/python -m pip --version >/dev/null
+	.state/uv/bin/uv pip compile requirements.in --python-version 3.11 --generate-hashes -o requirements.lock
+
+up: setup
+	$(VENV)/bin/prognos up
+
+down:
+	-$(VENV)/bin/prognos down
+
+status:
+	$(VENV)/bin/prognos status
+
+clean: down
+	rm -rf .state .venv .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,1 @@
+"""The `prognos` command line: thin commands over the layers' importable functions."""

@@ -1,0 +1,3 @@
+"""`prognos replay` (filled in by the replayer)."""
+
+commands: list = []

@@ -1,0 +1,1 @@
+"""The shared core: contracts, settings, catalog and factories every layer imports."""

@@ -1,0 +1,162 @@
+"""One place for configuration.
+
+Every setting has a typed, documented default under the project's state directory and
+can be overridden by an environment variable ``PROGNOS_<NAME>`` (for example
+``PROGNOS_LAKE_ROOT``). The standard ``KAFKA_BOOTSTRAP_SERVERS`` and ``SPARK_MASTER``
+variables are honoured too. An invalid value fails at start with a message naming the
+setting and the value.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class SettingsError(ValueError):
+    """A setting has an invalid value."""
+
+
+class Settings(BaseSettings):
+    """prognos settings; the README lists them with their defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="PROGNOS_", extra="forbid", frozen=True)
+
+    state_dir: Path = Field(
+        PROJECT_ROOT / ".state", description="Root of everything the project writes."
+    )
+    jars_dir: Path | None = Field(
+        None, description="JVM jars from `make setup` (default: <state_dir>/jars)."
+    )
+    lake_root: Path | None = Field(None, description="Delta Lake root (default: <state_dir>/lake).")
+    checkpoint_root: Path | None = Field(
+        None, description="Streaming checkpoints (default: <state_dir>/checkpoints)."
+    )
+    registry_root: Path | None = Field(
+        None, description="Model registry, TF Serving layout (default: <state_dir>/models)."
+    )
+    data_dir: Path = Field(
+        PROJECT_ROOT / "data" / "cmapss", description="Vendored NASA C-MAPSS files."
+    )
+
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092",
+        validation_alias=AliasChoices("PROGNOS_KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"),
+        description="Kafka brokers, host:port[,host:port]. When it is set in the "
+        "environment, `prognos up` starts no broker and uses this one.",
+    )
+    kafka_controller_port: Port = Field(
+        9093, description="KRaft controller port of the embedded broker."
+    )
+    kafka_heap: str = Field("512m", description="Max heap of the embedded broker.")
+    topic_readings: str = Field("sensor-readings", description="Sensor events topic.")
+    topic_readings_partitions: int = Field(6, ge=1)
+    topic_alerts: str = Field("maintenance-alerts", description="Alerts topic.")
+    topic_alerts_partitions: int = Field(1, ge=1)
+    topic_dead_letter: str = Field("sensor-readings-dlq", description="Dead letters.")
+    topic_dead_letter_partitions: int = Field(1, ge=1)
+
+    spark_master: str = Field(
+        "local[*]",
+        validation_alias=AliasChoices("PROGNOS_SPARK_MASTER", "SPARK_MASTER"),
+        description="Spark master URL: local[*], local[2], spark://host:7077, ...",
+    )
+    spark_driver_memory: str = Field("2g", description="Spark driver memory.")
+    spark_shuffle_partitions: int = Field(4, ge=1, description="Shuffle partitions.")
+    spark_ui: bool = Field(False, description="Start the Spark UI.")
+
+    api_host: str = Field("127.0.0.1", description="Serving layer bind address.")
+    api_port: Port = Field(8000, description="Serving layer HTTP port.")
+    grpc_port: Port = Field(8500, description="Serving layer gRPC port.")
+    airflow_port: Port = Field(8080, description="Airflow API server port.")
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _host_port_list(cls, value: str) -> str:
+        for server in value.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"expected host:port[,host:port], got {value!r}")
+        return value
+
+    @field_validator("spark_master")
+    @classmethod
+    def _spark_master(cls, value: str) -> str:
+        if not value.startswith(("local", "spark://", "yarn", "k8s://")):
+            raise ValueError(f"expected local[N], spark://..., yarn or k8s://, got {value!r}")
+        return value
+
+    def _under_state(self, value: Path | None, name: str) -> Path:
+        return Path(value) if value is not None else self.state_dir / name
+
+    @property
+    def jars(self) -> Path:
+        return self._under_state(self.jars_dir, "jars")
+
+    @property
+    def lake(self) -> Path:
+        return self._under_state(self.lake_root, "lake")
+
+    @property
+    def checkpoints(self) -> Path:
+        return self._under_state(self.checkpoint_root, "checkpoints")
+
+    @property
+    def registry(self) -> Path:
+        return self._under_state(self.registry_root, "models")
+
+    @property
+    def run_dir(self) -> Path:
+        """PID files, logs and broker data of the embedded stack."""
+        return self.state_dir / "run"
+
+    @property
+    def kafka_is_external(self) -> bool:
+        """True when the environment names a broker, so none is started here."""
+        return bool(
+            os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+            or os.environ.get("PROGNOS_KAFKA_BOOTSTRAP_SERVERS")
+        )
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """PROGNOS_* variables that make a child process read the same settings."""
+    env = {}
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            env[f"PROGNOS_{name.upper()}"] = (
+                str(value).lower() if isinstance(value, bool) else str(value)
+            )
+    return env
+
+
+def load_settings(**overrides) -> Settings:
+    """Read settings from the environment; raise SettingsError naming bad values."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        raise SettingsError(_describe(error)) from None
+
+
+def _describe(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors():
+        name = ".".join(str(part) for part in item["loc"]) or "settings"
+        env = f"PROGNOS_{name.upper()}"
+        problems.append(f"{name} ({env}) = {item.get('input')!r}: {item['msg']}")
+    return "invalid setting: " + "; ".join(problems)
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings (read once)."""
+    return load_settings()

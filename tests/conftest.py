@@ -1,0 +1,69 @@
+"""Shared fixtures: settings in a temporary state dir, a real Kafka broker, Spark."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from prognos.core import stack
+from prognos.core.settings import PROJECT_ROOT, Settings, load_settings, settings_env
+
+PROJECT_JARS = Path(os.environ.get("PROGNOS_JARS_DIR", PROJECT_ROOT / ".state" / "jars"))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def make_settings(state_dir: Path, **overrides) -> Settings:
+    """Settings for a test: everything under state_dir, the project's jars."""
+    values = {"state_dir": state_dir, "jars_dir": PROJECT_JARS, "spark_master": "local[2]"}
+    values.update(overrides)
+    return load_settings(**values)
+
+
+@pytest.fixture(scope="session")
+def broker_settings(tmp_path_factory) -> Iterator[Settings]:
+    """A real Kafka broker for the session: the embedded one on free ports, or the
+    external broker named by KAFKA_BOOTSTRAP_SERVERS. Stopped also on failure."""
+    state_dir = tmp_path_factory.mktemp("broker-state")
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        settings = make_settings(state_dir)
+        stack.up(settings)
+        yield settings
+        return
+    settings = make_settings(
+        state_dir,
+        kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
+        kafka_controller_port=free_port(),
+    )
+    try:
+        stack.up(settings)
+        yield settings
+    finally:
+        stack.down(settings)
+
+
+@pytest.fixture
+def broker_env(broker_settings) -> dict[str, str]:
+    """Environment for child processes (CLI, spark-submit) using the test broker."""
+    env = {**os.environ, **settings_env(broker_settings)}
+    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+    return env
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    """One local[2] Spark session with Delta and the Kafka connector for the session."""
+    from prognos.core.spark import get_spark
+
+    settings = make_settings(tmp_path_factory.mktemp("spark-state"))
+    session = get_spark("prognos-tests", settings)
+    yield session
+    session.stop()
