@@ -51,8 +51,12 @@ class Settings(BaseSettings):
     kafka_bootstrap_servers: str = Field(
         "127.0.0.1:9092",
         validation_alias=AliasChoices("PROGNOS_KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"),
-        description="Kafka brokers, host:port[,host:port]. When it is set in the "
-        "environment, `prognos up` starts no broker and uses this one.",
+        description="Kafka brokers, host:port[,host:port].",
+    )
+    kafka_external: bool = Field(
+        default_factory=lambda: bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS")),
+        description="Use an external broker: `prognos up` starts none (default: true "
+        "when KAFKA_BOOTSTRAP_SERVERS is set, false otherwise).",
     )
     kafka_controller_port: Port = Field(
         9093, description="KRaft controller port of the embedded broker."
@@ -121,11 +125,8 @@ class Settings(BaseSettings):
 
     @property
     def kafka_is_external(self) -> bool:
-        """True when the environment names a broker, so none is started here."""
-        return bool(
-            os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-            or os.environ.get("PROGNOS_KAFKA_BOOTSTRAP_SERVERS")
-        )
+        """True when the broker is external, so none is started here."""
+        return self.kafka_external
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
