@@ -37,6 +37,13 @@ check_java() {
   command -v mvn >/dev/null || apt_install maven
 }
 
+check_chromium() { # headless browser for the dashboard test (Debian's chromium)
+  command -v chromium >/dev/null && return
+  if [ "$(id -u)" != 0 ]; then say "missing chromium (dashboard test): apt-get install chromium"; return; fi
+  say "installing chromium with apt"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+}
+
 setup_venv() {
   if fresh venv requirements.lock pyproject.toml && [ -x "$VENV/bin/python" ]; then return; fi
   "$PY" -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' \
@@ -73,6 +80,7 @@ check_data() {
 }
 
 check_java
+check_chromium
 setup_venv
 setup_jars
 setup_spark_defaults
