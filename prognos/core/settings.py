@@ -83,6 +83,24 @@ class Settings(BaseSettings):
     grpc_port: Port = Field(8500, description="Serving layer gRPC port.")
     airflow_port: Port = Field(8080, description="Airflow API server port.")
 
+    api_keys: str = Field(
+        "",
+        description="API keys as comma-separated `<sha256 hex of key>:<role>[:<name>]`; "
+        "roles reader < operator < admin.",
+    )
+    api_keys_file: Path | None = Field(
+        None, description="File of API keys, one `<sha256 hex>:<role>[:<name>]` per line."
+    )
+    api_tls_cert: Path | None = Field(None, description="TLS certificate (PEM): serve HTTPS.")
+    api_tls_key: Path | None = Field(None, description="TLS private key (PEM) for the cert.")
+    serving_refresh_s: float = Field(
+        2.0, gt=0, description="Seconds between checks of Delta table and registry versions."
+    )
+    serving_model: str = Field("rul_lstm", description="Model the serving layer scores with.")
+    shadow_share: float = Field(
+        0.1, ge=0, le=1, description="Share of predict calls shadow-scored by the challenger."
+    )
+
     @field_validator("kafka_bootstrap_servers")
     @classmethod
     def _host_port_list(cls, value: str) -> str:
@@ -117,6 +135,11 @@ class Settings(BaseSettings):
     @property
     def registry(self) -> Path:
         return self._under_state(self.registry_root, "models")
+
+    @property
+    def audit_log(self) -> Path:
+        """Append-only log of admin actions of the serving layer."""
+        return self.run_dir / "audit.log"
 
     @property
     def run_dir(self) -> Path:
