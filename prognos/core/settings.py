@@ -62,6 +62,12 @@ class Settings(BaseSettings):
         9093, description="KRaft controller port of the embedded broker."
     )
     kafka_heap: str = Field("512m", description="Max heap of the embedded broker.")
+    kafka_client_timeout_ms: int = Field(
+        30000,
+        ge=1000,
+        description="Request/API timeout of Spark's Kafka clients: an unreachable broker "
+        "fails a streaming query after about this long instead of retrying for minutes.",
+    )
     topic_readings: str = Field("sensor-readings", description="Sensor events topic.")
     topic_readings_partitions: int = Field(6, ge=1)
     topic_alerts: str = Field("maintenance-alerts", description="Alerts topic.")
@@ -77,6 +83,11 @@ class Settings(BaseSettings):
     spark_driver_memory: str = Field("2g", description="Spark driver memory.")
     spark_shuffle_partitions: int = Field(4, ge=1, description="Shuffle partitions.")
     spark_ui: bool = Field(False, description="Start the Spark UI.")
+    lake_vacuum_floor_hours: float = Field(
+        168.0,
+        ge=0,
+        description="VACUUM never uses a shorter retention than this (time travel window).",
+    )
 
     api_host: str = Field("127.0.0.1", description="Serving layer bind address.")
     api_port: Port = Field(8000, description="Serving layer HTTP port.")
