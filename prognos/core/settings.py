@@ -94,6 +94,20 @@ class Settings(BaseSettings):
     grpc_port: Port = Field(8500, description="Serving layer gRPC port.")
     airflow_port: Port = Field(8080, description="Airflow API server port.")
 
+    batch_schedule: str = Field("@hourly", description="Schedule of the batch_layer DAG.")
+    batch_max_failure_share: float = Field(
+        0.1, ge=0, le=1, description="Silver gate: max share of a run's rows that may fail "
+        "validation (duplicates excluded) before the run fails."
+    )
+    batch_future_tolerance_s: float = Field(
+        300.0, ge=0, description="Event times up to this far in the future are accepted."
+    )
+    batch_range_margin: float = Field(
+        0.1, ge=0, description="Sensor ranges: C-MAPSS training min/max widened by this x span."
+    )
+    alert_red_rul: float = Field(15, ge=0, description="Alert level red when RUL <= this.")
+    alert_amber_rul: float = Field(30, ge=0, description="Alert level amber when RUL <= this.")
+
     api_keys: str = Field(
         "",
         description="API keys as comma-separated `<sha256 hex of key>:<role>[:<name>]`; "
