@@ -1,0 +1,160 @@
+"""Train, evaluate, register and bless one subset's model (`python -m models.train`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from models.card import write_card
+from models.config import TrainConfig
+from models.dataset import check_trainable, make_windows, split_machines, training_frame
+from models.metrics import evaluate, rmse
+from models.network import build_model, export_saved_model, make_deterministic, predict
+from prognos.core.features import FEATURE_VERSION
+from prognos.core.registry import BlessDecision, FilesystemRegistry, ModelRegistry
+from prognos.core.settings import get_settings
+
+
+@dataclass
+class TrainResult:
+    model: str
+    version: int | None
+    metrics: dict
+    decision: BlessDecision | None
+    epochs_run: int
+
+
+def model_name(subset: str) -> str:
+    return f"rul_{subset.lower()}"
+
+
+def train_subset(
+    subset: str,
+    epochs: int | None = None,
+    seed: int = 42,
+    registry: ModelRegistry | None = None,
+    machines: int | None = None,
+    config: TrainConfig | None = None,
+    source: str = "cmapss",
+    margin: float = 0.0,
+    progress: Callable[[str], None] = print,
+) -> TrainResult:
+    """Build the dataset, train, evaluate on test engines, register and bless."""
+    overrides = {"seed": seed, "machines": machines}
+    if epochs is not None:
+        overrides["epochs"] = epochs
+    config = (config or TrainConfig.for_subset(subset)).with_(**overrides)
+    make_deterministic(config.seed)
+    frames = training_frame(subset, config.feature, source=source, machines=config.machines)
+    model, history, validation, windows = fit(frames.train, config, progress)
+    test = make_windows(frames.test, config.input_columns, config.window, last_only=True)
+    test_out = predict(model, test.x)
+    metrics = {
+        "validation": {"rmse": validation, "windows": len(windows[1])},
+        "test": evaluate(
+            test_out["rul"], test_out["fail_prob"], test.rul_true, config.feature.horizon
+        ),
+    }
+    metrics["test"]["rmse_capped_truth"] = rmse(
+        test_out["rul"], np.minimum(test.rul_true, config.feature.rul_cap)
+    )
+    progress(
+        f"{subset}: validation RMSE {validation:.2f}, test RMSE {metrics['test']['rmse']:.2f}, "
+        f"score {metrics['test']['score']:.0f}"
+    )
+    name = model_name(subset)
+    metadata = {
+        "params": config.to_dict(),
+        "metrics": metrics,
+        "feature_version": FEATURE_VERSION,
+        "training_data": frames.source,
+        "condition_model": json.loads(frames.condition_model.to_json()),
+        "serving": {
+            "input": "window",
+            "window": config.window,
+            "input_columns": list(config.input_columns),
+            "outputs": ["rul", "fail_prob"],
+        },
+        "history": history,
+    }
+    if registry is None:
+        return TrainResult(name, None, metrics, None, len(history["loss"]))
+
+    def write(directory: Path) -> None:
+        export_saved_model(model, directory, config.window, len(config.input_columns))
+        write_card(directory, {**metadata, "model": name})
+
+    version = registry.register(name, write, metadata)
+    decision = registry.bless(name, version, margin)
+    progress(f"registered {name} version {version}: {decision.alias} ({decision.reason})")
+    return TrainResult(name, version, metrics, decision, len(history["loss"]))
+
+
+def fit(train_frame, config: TrainConfig, progress: Callable[[str], None]):
+    """Train with early stopping on validation machines; returns model and figures."""
+    import keras
+
+    check_trainable(train_frame, config.window)
+    train_rows, validation_rows = split_machines(train_frame, config.validation_share, config.seed)
+    train = make_windows(train_rows, config.input_columns, config.window)
+    validation = make_windows(validation_rows, config.input_columns, config.window)
+    model = build_model(config.window, len(config.input_columns), config)
+    started = time.monotonic()
+
+    def report(epoch, logs):
+        progress(
+            f"epoch {epoch + 1}/{config.epochs} loss {logs['loss']:.4f} "
+            f"rmse {logs.get('rul_rmse', float('nan')):.2f} "
+            f"val_rmse {logs.get('val_rul_rmse', float('nan')):.2f} "
+            f"({time.monotonic() - started:.0f} s)"
+        )
+
+    result = model.fit(
+        train.x,
+        {"rul": train.rul, "fail_prob": train.fails},
+        validation_data=(validation.x, {"rul": validation.rul, "fail_prob": validation.fails}),
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        shuffle=True,
+        verbose=0,
+        callbacks=[
+            keras.callbacks.EarlyStopping(
+                monitor="val_rul_rmse",
+                mode="min",
+                patience=config.patience,
+                restore_best_weights=True,
+            ),
+            keras.callbacks.LambdaCallback(on_epoch_end=report),
+        ],
+    )
+    validation_rmse = rmse(predict(model, validation.x)["rul"], validation.rul)
+    history = {key: [float(v) for v in values] for key, values in result.history.items()}
+    return model, history, validation_rmse, (train, validation)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Train one C-MAPSS subset's RUL model.")
+    parser.add_argument("--subset", default="FD001")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--machines", type=int)
+    parser.add_argument("--margin", type=float, default=0.0)
+    parser.add_argument("--registry", type=Path, help="default: the settings' registry root")
+    args = parser.parse_args(argv)
+    registry = FilesystemRegistry(args.registry or get_settings().registry)
+    result = train_subset(
+        args.subset, args.epochs, args.seed, registry, args.machines, margin=args.margin
+    )
+    print(json.dumps({"model": result.model, "version": result.version, **result.metrics["test"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
