@@ -7,6 +7,7 @@ so that a plain ``spark-submit spark_jobs/<job>.py`` from a shell gets them too.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -63,6 +64,9 @@ def get_spark(app_name: str = "prognos", settings: Settings | None = None, **ext
     from pyspark.sql import SparkSession
 
     settings = settings or get_settings()
+    # pyspark picks the Python of its workers (pandas UDFs, state functions) from this
+    # variable, not from spark.pyspark.python: without it workers run a Python lacking pyarrow.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(app_name).master(settings.spark_master)
     for key, value in {**spark_conf(settings), **extra}.items():
         builder = builder.config(key, value)
