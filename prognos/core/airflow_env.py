@@ -1,0 +1,73 @@
+"""Airflow's environment for prognos: home under the state dir, the project's DAGs,
+SQLite, no examples, a Spark connection from settings; `airflow db migrate` once.
+
+Nothing here imports Airflow: the CLI and tests prepare the environment of a child
+`airflow` process with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from prognos.core.errors import PrognosError
+from prognos.core.settings import PROJECT_ROOT, Settings, settings_env
+
+SPARK_CONN_ID = "prognos_spark"
+# Assets the batch_layer DAG emits (the retrain DAG listens to GOLD_ASSET).
+GOLD_ASSET = "prognos://lake/gold_features"
+VIEWS_ASSET = "prognos://lake/batch_views"
+
+
+def airflow_home(settings: Settings) -> Path:
+    return settings.state_dir / "airflow"
+
+
+def airflow_env(settings: Settings, base: dict | None = None) -> dict[str, str]:
+    """Environment for an `airflow` child process (and the spark-submit it runs)."""
+    home = airflow_home(settings)
+    env = dict(os.environ if base is None else base)
+    env.update(settings_env(settings))
+    bin_dir = str(Path(sys.executable).parent)
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": (
+                f"http://127.0.0.1:{settings.airflow_port}/execution/"
+            ),
+            "AIRFLOW__API__PORT": str(settings.airflow_port),
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            f"AIRFLOW_CONN_{SPARK_CONN_ID.upper()}": json.dumps(
+                {"conn_type": "spark", "host": settings.spark_master}
+            ),
+            "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
+        }
+    )
+    return env
+
+
+def ensure_airflow_db(settings: Settings, env: dict | None = None) -> Path:
+    """Run `airflow db migrate` once for this Airflow home; return the home."""
+    home = airflow_home(settings)
+    stamp = home / ".migrated"
+    if stamp.exists():
+        return home
+    home.mkdir(parents=True, exist_ok=True)
+    env = env or airflow_env(settings)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise PrognosError(f"airflow db migrate failed in {home}: {tail[0]}")
+    stamp.write_text("ok\n")
+    return home
