@@ -13,9 +13,7 @@ from __future__ import annotations
 import base64
 import bisect
 import json
-import logging
 import math
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,8 +23,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from serving_layer.merge import ALERT_LEVELS, Boundary, latest_boundary, merge_machine_states
-
-log = logging.getLogger(__name__)
 
 SORTS = ("rul", "-rul", "alert_level", "-alert_level", "machine_id", "-machine_id")
 LEVEL_RANK = {level: rank for rank, level in enumerate(ALERT_LEVELS)}
@@ -264,18 +260,13 @@ def fleet_summary(snapshot: Snapshot) -> dict:
 
 
 class SnapshotStore:
-    """Holds the current snapshot; a background refresher swaps in a new one on change."""
+    """Holds the current snapshot; `refresh()` swaps in a new one when a version changed."""
 
-    def __init__(
-        self, views, refresh_s: float, on_swap: Callable[[Snapshot], None] | None = None
-    ) -> None:
+    def __init__(self, views, on_swap: Callable[[Snapshot], None] | None = None) -> None:
         self.views = views
-        self.refresh_s = refresh_s
         self.on_swap = on_swap
         self._snapshot = empty_snapshot()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.last_error: str | None = None
+        self.refreshed = False
 
     @property
     def current(self) -> Snapshot:
@@ -285,30 +276,11 @@ class SnapshotStore:
         """Rebuild when a table version changed; True when a new snapshot was swapped in."""
         versions = current_versions(self.views)
         pinned = {k: v for k, v in self._snapshot.versions.items() if k in versions}
-        if self._snapshot.versions and pinned == versions:
+        if self.refreshed and pinned == versions:
             return False
         snapshot = build_snapshot(self.views, versions)
         self._snapshot = snapshot
+        self.refreshed = True
         if self.on_swap is not None:
             self.on_swap(snapshot)
         return True
-
-    def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="snapshot-refresher", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.refresh()
-                self.last_error = None
-            except Exception as error:  # keep serving the last good snapshot
-                self.last_error = f"{type(error).__name__}: {error}"
-                log.warning("snapshot refresh failed: %s", self.last_error)
-            self._stop.wait(self.refresh_s)

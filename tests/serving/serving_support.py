@@ -65,3 +65,97 @@ def publish(settings, run_id: str, machine_state_version: int, max_cycle: int) -
 
 def lake_settings(tmp_path, **overrides):
     return load_settings(state_dir=tmp_path / "state", **overrides)
+
+
+# --- a tiny real SavedModel in the registry ---------------------------------------------
+
+WINDOW, FEATURES = 4, 3
+MODEL = "rul_lstm"
+KEYS = {"reader": "reader-secret", "operator": "operator-secret", "admin": "admin-secret"}
+
+
+def save_tiny_model(directory, scale: float) -> None:
+    """A SavedModel with the project's signature: window[None,T,F] -> rul, fail_prob."""
+    import tensorflow as tf
+
+    class Tiny(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = tf.Variable(
+                tf.reshape(tf.range(WINDOW * FEATURES, dtype=tf.float32), [WINDOW, FEATURES])
+                * scale
+                / 10.0
+            )
+
+        @tf.function(
+            input_signature=[tf.TensorSpec([None, WINDOW, FEATURES], tf.float32, name="window")]
+        )
+        def serve(self, window):
+            rul = tf.reduce_sum(window * self.w, axis=[1, 2]) + 50.0
+            return {"rul": rul, "fail_prob": tf.sigmoid(-rul / 10.0)}
+
+    module = Tiny()
+    tf.saved_model.save(module, str(directory), signatures={"serving_default": module.serve})
+
+
+def tiny_registry(root, scales=(1.0, 1.5)):
+    from prognos.core.registry import FilesystemRegistry
+
+    registry = FilesystemRegistry(root)
+    for scale in scales:
+        registry.register(
+            MODEL,
+            lambda d, s=scale: save_tiny_model(d, s),
+            {"metrics": {"validation": {"rmse": 10.0 * scale}}, "scale": scale},
+        )
+    registry.promote(MODEL, 1)
+    if len(scales) > 1:
+        registry.set_challenger(MODEL, 2)
+    return registry
+
+
+def key_settings() -> str:
+    from serving_layer.auth import hash_key
+
+    return ",".join(f"{hash_key(key)}:{role}:{role}-user" for role, key in KEYS.items())
+
+
+# --- a real HTTP server in a thread -----------------------------------------------------
+
+
+class RunningServer:
+    """uvicorn serving `app` on 127.0.0.1:<port> in a thread; `stop()` ends it."""
+
+    def __init__(self, app, port: int) -> None:
+        import threading
+
+        import uvicorn
+
+        self.url = f"http://127.0.0.1:{port}"
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self) -> RunningServer:
+        import time
+
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -61,7 +61,7 @@ def test_latest_boundary_is_most_recent_publication():
 def test_snapshot_reads_batch_at_manifest_versions(tmp_path):
     settings = lake_settings(tmp_path)
     views = DeltaViews(settings)
-    store = SnapshotStore(views, refresh_s=1)
+    store = SnapshotStore(views)
     assert store.refresh() and store.current.machines == {}  # empty lake: empty snapshot
     assert not store.refresh()
 
@@ -110,7 +110,7 @@ def _fleet_store(tmp_path, n=7):
             }
         ],
     )
-    store = SnapshotStore(DeltaViews(settings), refresh_s=1)
+    store = SnapshotStore(DeltaViews(settings))
     store.refresh()
     return store.current
 

@@ -1,0 +1,136 @@
+"""The serving app: `create_app(settings)` wires snapshots, models, auth, metrics, routes."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from prognos.core.registry import FilesystemRegistry, ModelRegistry
+from prognos.core.settings import Settings
+from serving_layer import routes_models, routes_views
+from serving_layer.auth import AuditLog, KeyStore, require
+from serving_layer.errors import install_error_handlers, respond
+from serving_layer.metrics import ServingMetrics
+from serving_layer.models import ModelServer
+from serving_layer.poller import Poller
+from serving_layer.snapshot import SnapshotStore
+from serving_layer.truth import TruthTable
+from serving_layer.views import DeltaViews
+
+DASHBOARD = Path(__file__).with_name("dashboard.html")
+
+
+def create_app(
+    settings: Settings,
+    *,
+    registry: ModelRegistry | None = None,
+    views=None,
+    background: bool = True,
+    grpc: bool = False,
+    shadow_seed: int | None = None,
+) -> FastAPI:
+    """The FastAPI app. With `background`, refreshers poll Delta versions and the registry;
+    with `grpc`, the gRPC PredictionService listens on 127.0.0.1:<grpc_port>."""
+    metrics = ServingMetrics()
+    registry = registry or FilesystemRegistry(settings.registry)
+    snapshots = SnapshotStore(views or DeltaViews(settings), on_swap=metrics.snapshot_swapped)
+    models = ModelServer(registry, settings.shadow_share, metrics, seed=shadow_seed)
+    pollers = [
+        Poller(snapshots.refresh, settings.serving_refresh_s, "snapshot-refresher"),
+        Poller(models.refresh, settings.serving_refresh_s, "registry-watcher"),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        for poller in pollers:
+            with contextlib.suppress(Exception):  # readyz reports what did not load
+                poller.check()
+            if background:
+                poller.start()
+        grpc_server = None
+        if grpc:
+            from serving_layer.grpc_service import start_grpc_server
+
+            grpc_server = start_grpc_server(models, settings.grpc_port)
+        try:
+            yield
+        finally:
+            if grpc_server is not None:
+                grpc_server.stop(grace=1).wait()
+            for poller in pollers:
+                poller.stop()
+            models.close()
+
+    app = FastAPI(
+        title="prognos serving layer",
+        version="1",
+        lifespan=lifespan,
+        description="Merged batch + speed views of the fleet, RUL predictions "
+        "(TensorFlow Serving-compatible), model champion/challenger management.",
+    )
+    app.state.settings, app.state.metrics, app.state.registry = settings, metrics, registry
+    app.state.snapshots, app.state.models, app.state.pollers = snapshots, models, pollers
+    app.state.keys = KeyStore.from_settings(settings)
+    app.state.audit = AuditLog(settings.audit_log)
+    app.state.truth = TruthTable(settings)
+    install_error_handlers(app)
+    _install_request_metrics(app, metrics)
+    _add_operational_routes(app)
+    app.include_router(routes_views.router)
+    app.include_router(routes_models.router)
+    return app
+
+
+def _install_request_metrics(app: FastAPI, metrics: ServingMetrics) -> None:
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.latency.labels(path).observe(time.perf_counter() - started)
+        metrics.requests.labels(path, request.method, str(response.status_code)).inc()
+        return response
+
+
+def _add_operational_routes(app: FastAPI) -> None:
+    @app.get("/healthz", tags=["operations"], summary="Liveness (no key needed)")
+    def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"], summary="Views and model loaded (no key needed)")
+    def readyz(request: Request):
+        state = request.app.state
+        checks = {"views_loaded": state.snapshots.refreshed, "model_loaded": state.models.ready}
+        errors = [p.last_error for p in state.pollers if p.last_error]
+        body = {"ready": all(checks.values()), **checks, "errors": errors}
+        return respond(body, 200 if body["ready"] else 503)
+
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus metrics",
+        dependencies=[Depends(require("reader"))],
+    )
+    def prometheus(request: Request):
+        return Response(
+            generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
+        )
+
+    @app.get(
+        "/dashboard",
+        tags=["operations"],
+        response_class=HTMLResponse,
+        summary="Dashboard page (static; it sends the key it is given with each call)",
+    )
+    def dashboard():
+        return HTMLResponse(DASHBOARD.read_text())
+
+    @app.get("/", include_in_schema=False)
+    def root():
+        return RedirectResponse("/dashboard")

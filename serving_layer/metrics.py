@@ -1,0 +1,55 @@
+"""Prometheus metrics of one serving app (its own registry, so apps never collide)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+DISAGREEMENT_BUCKETS = (0.01, 0.1, 0.5, 1, 2, 5, 10, 20, 50, 100)
+
+
+class ServingMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "prognos_http_requests", "HTTP requests", ["route", "method", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "prognos_http_request_seconds",
+            "HTTP request latency",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "prognos_auth_failures", "Rejected requests", ["reason"], registry=r
+        )
+        self.predictions = Counter(
+            "prognos_predictions", "Predict calls served", ["model", "version"], registry=r
+        )
+        self.shadow_disagreement = Histogram(
+            "prognos_shadow_abs_disagreement",
+            "Absolute champion-challenger difference per shadow-scored row",
+            ["model", "output"],
+            buckets=DISAGREEMENT_BUCKETS,
+            registry=r,
+        )
+        self.snapshot_swaps = Counter("prognos_snapshot_swaps", "Snapshots swapped in", registry=r)
+        self.snapshot_version = Gauge(
+            "prognos_snapshot_table_version",
+            "Delta version pinned by the current snapshot",
+            ["table"],
+            registry=r,
+        )
+        self.snapshot_machines = Gauge(
+            "prognos_snapshot_machines", "Machines in the snapshot", ["source"], registry=r
+        )
+
+    def snapshot_swapped(self, snapshot) -> None:
+        self.snapshot_swaps.inc()
+        for table, version in snapshot.versions.items():
+            self.snapshot_version.labels(table).set(-1 if version is None else version)
+        for source in ("batch", "speed"):
+            count = sum(1 for s in snapshot.machines.values() if s["source"] == source)
+            self.snapshot_machines.labels(source).set(count)

@@ -1,0 +1,95 @@
+"""TensorFlow Serving's REST predict format: row ("instances") and columnar ("inputs").
+
+Mirrors https://www.tensorflow.org/tfx/serving/api_rest: a request holds exactly one of
+"instances" (a list of rows; each a value, or an object of named inputs) and "inputs"
+(a value, or an object of named inputs, batched along the first axis). Row requests are
+answered with "predictions", columnar ones with "outputs"; errors as {"error": "..."}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+
+class PredictRequestError(ValueError):
+    """The request body does not fit the predict format or the model's signature."""
+
+
+def parse_predict_request(body, input_specs: Mapping) -> tuple[dict[str, np.ndarray], bool]:
+    """Named input arrays and whether the request was row format."""
+    if not isinstance(body, dict):
+        raise PredictRequestError("the request body must be a JSON object")
+    has_rows, has_columns = "instances" in body, "inputs" in body
+    if has_rows == has_columns:
+        raise PredictRequestError("JSON object must hold exactly one of 'instances' or 'inputs'")
+    names = list(input_specs)
+    raw = _from_rows(body["instances"], names) if has_rows else _from_columns(body["inputs"], names)
+    return {
+        name: _to_array(name, value, input_specs[name]) for name, value in raw.items()
+    }, has_rows
+
+
+def _from_rows(instances, names: list[str]) -> dict:
+    if not isinstance(instances, list) or not instances:
+        raise PredictRequestError("'instances' must be a non-empty list")
+    if all(isinstance(row, dict) for row in instances):
+        _check_names(set().union(*instances), names)
+        missing = [n for n in names if any(n not in row for row in instances)]
+        if missing:
+            raise PredictRequestError(f"every instance must have input(s) {missing}")
+        return {name: [row[name] for row in instances] for name in names}
+    if len(names) != 1:
+        raise PredictRequestError(f"the model has inputs {names}: give each instance as an object")
+    return {names[0]: instances}
+
+
+def _from_columns(inputs, names: list[str]) -> dict:
+    if isinstance(inputs, dict):
+        _check_names(set(inputs), names)
+        missing = [n for n in names if n not in inputs]
+        if missing:
+            raise PredictRequestError(f"missing input(s) {missing}")
+        return {name: inputs[name] for name in names}
+    if len(names) != 1:
+        raise PredictRequestError(f"the model has inputs {names}: give 'inputs' as an object")
+    return {names[0]: inputs}
+
+
+def _check_names(given: set, names: list[str]) -> None:
+    unknown = sorted(given - set(names))
+    if unknown:
+        raise PredictRequestError(f"unknown input(s) {unknown}; the signature has {names}")
+
+
+def _to_array(name: str, value, spec) -> np.ndarray:
+    dtype = spec.dtype.as_numpy_dtype
+    try:
+        array = np.asarray(value, dtype=dtype)
+    except (ValueError, TypeError):
+        raise PredictRequestError(
+            f"input {name!r}: expected a (rectangular) array of {spec.dtype.name}"
+        ) from None
+    expected = spec.shape.as_list() if spec.shape.rank is not None else None
+    if expected is not None and (
+        array.ndim != len(expected)
+        or any(e is not None and e != a for e, a in zip(expected, array.shape, strict=True))
+    ):
+        shape = ["?" if d is None else d for d in expected]
+        raise PredictRequestError(
+            f"input {name!r}: shape {list(array.shape)} does not match the signature {shape}"
+        )
+    return array
+
+
+def format_predict_response(outputs: Mapping[str, np.ndarray], row_format: bool) -> dict:
+    names = sorted(outputs)
+    if not row_format:
+        if len(names) == 1:
+            return {"outputs": outputs[names[0]].tolist()}
+        return {"outputs": {name: outputs[name].tolist() for name in names}}
+    if len(names) == 1:
+        return {"predictions": outputs[names[0]].tolist()}
+    rows = len(next(iter(outputs.values())))
+    return {"predictions": [{n: outputs[n][i].tolist() for n in names} for i in range(rows)]}

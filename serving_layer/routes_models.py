@@ -1,0 +1,142 @@
+"""Model routes: registry views (reader), TF Serving-compatible predict (operator),
+promote/rollback (admin, audited)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, Request
+from pydantic import BaseModel, Field
+
+from serving_layer.auth import Principal, require
+from serving_layer.errors import respond
+from serving_layer.predict_format import (
+    PredictRequestError,
+    format_predict_response,
+    parse_predict_request,
+)
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+Reader = Annotated[Principal, Depends(require("reader"))]
+Operator = Annotated[Principal, Depends(require("operator"))]
+Admin = Annotated[Principal, Depends(require("admin"))]
+
+PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "description": "TF Serving predict request: exactly one of instances / inputs.",
+                    "properties": {
+                        "signature_name": {"type": "string"},
+                        "instances": {"type": "array", "items": {}},
+                        "inputs": {},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+class PromoteRequest(BaseModel):
+    version: int = Field(ge=1, description="Registry version to make the champion.")
+
+
+@router.get("", summary="Models in the registry with their champion and challenger")
+def list_models(request: Request, _: Reader):
+    return respond({"models": request.app.state.models.models()})
+
+
+@router.get("/{name}", summary="Versions, aliases, metrics and shadow comparison of a model")
+def get_model(name: str, request: Request, _: Reader):
+    return respond(request.app.state.models.describe(name))
+
+
+@router.post(
+    "/{name}:predict",
+    summary="Predict with the champion (TF Serving REST)",
+    openapi_extra=PREDICT_BODY,
+)
+async def predict_champion(name: str, request: Request, _: Operator):
+    return await _predict(request, name, None)
+
+
+@router.post(
+    "/{name}/versions/{version}:predict",
+    summary="Predict with one version (TF Serving REST)",
+    openapi_extra=PREDICT_BODY,
+)
+async def predict_version(name: str, version: int, request: Request, _: Operator):
+    return await _predict(request, name, version)
+
+
+@router.post(
+    "/{name}/labels/{label}:predict",
+    summary="Predict with a label: champion or challenger (TF Serving REST)",
+    openapi_extra=PREDICT_BODY,
+)
+async def predict_label(name: str, label: str, request: Request, _: Operator):
+    servable = request.app.state.models.resolve(name, label=label)
+    return await _predict(request, name, servable.version)
+
+
+async def _predict(request: Request, name: str, version: int | None):
+    try:
+        body = json.loads(await request.body())
+    except (ValueError, UnicodeDecodeError):
+        raise PredictRequestError("the request body is not valid JSON") from None
+    models = request.app.state.models
+    servable = models.resolve(name, version)
+    signature_name = (
+        body.get("signature_name", "serving_default")
+        if isinstance(body, dict)
+        else "serving_default"
+    )
+    if signature_name != "serving_default":
+        raise PredictRequestError(f"serving signature name {signature_name!r} not found")
+    inputs, row_format = parse_predict_request(body, servable.input_specs)
+    outputs = await _run(models.predict, name, inputs, version)
+    return respond(format_predict_response(outputs, row_format))
+
+
+async def _run(function, *args):
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(function, *args)
+
+
+@router.post("/{name}:promote", summary="Make a version the champion (admin, audited)")
+def promote(
+    name: str,
+    request: Request,
+    body: Annotated[PromoteRequest, Body()],
+    principal: Admin,
+):
+    return _admin_action(request, principal, "promote", name, body.version)
+
+
+@router.post("/{name}:rollback", summary="Restore the previous champion (admin, audited)")
+def rollback(name: str, request: Request, principal: Admin):
+    return _admin_action(request, principal, "rollback", name, None)
+
+
+def _admin_action(
+    request: Request, principal: Principal, action: str, name: str, version: int | None
+):
+    registry, audit = request.app.state.registry, request.app.state.audit
+    request.app.state.models.describe(name, brief=True)  # 404 for an unknown model
+    try:
+        if action == "promote":
+            registry.promote(name, version)
+        else:
+            version = registry.rollback(name)
+    except Exception as error:
+        audit.record(principal, action, "refused", model=name, version=version, reason=str(error))
+        raise
+    audit.record(principal, action, "done", model=name, version=version)
+    request.app.state.models.refresh()
+    return respond({"model": name, "action": action, "champion": version})
