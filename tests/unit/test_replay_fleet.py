@@ -1,0 +1,62 @@
+from datetime import UTC, datetime
+
+import pytest
+
+from prognos.core.data import load_cmapss
+from prognos.core.errors import PrognosError
+from prognos.core.events import encode_event, parse_event
+from prognos.core.replay import fleet_events, fleet_frame
+
+
+def test_machines_report_round_robin_by_cycle():
+    fleet = fleet_frame("FD001", "test", machines=3)
+    assert (
+        fleet["machine"].head(6).tolist()
+        == [
+            "FD001-test-0001",
+            "FD001-test-0002",
+            "FD001-test-0003",
+        ]
+        * 2
+    )
+    assert fleet["cycle"].head(6).tolist() == [1, 1, 1, 2, 2, 2]
+    assert fleet["cycle"].is_monotonic_increasing
+
+
+def test_scaled_copies_are_resampled_with_small_noise():
+    original = fleet_frame("FD001", "train", machines=5)
+    scaled = fleet_frame("FD001", "train", machines=5, scale=3)
+    assert scaled["machine"].nunique() == 15
+    lengths = scaled.groupby("machine")["cycle"].max()
+    assert lengths["FD001-train-0001-c01"] != lengths["FD001-train-0001"]
+    assert len(scaled) != 3 * len(original)
+    for machine, trajectory in scaled.groupby("machine"):
+        assert trajectory["cycle"].tolist() == list(range(1, len(trajectory) + 1)), machine
+    sensor = "sensor_11"
+    drift = abs(
+        scaled.groupby("machine")[sensor].mean()["FD001-train-0001-c02"]
+        - original.groupby("machine")[sensor].mean()["FD001-train-0001"]
+    )
+    assert drift < 0.1 * original[sensor].std() + 0.05
+
+
+def test_scaling_is_reproducible():
+    first = fleet_frame("FD001", "test", machines=2, scale=2, seed=7)
+    second = fleet_frame("FD001", "test", machines=2, scale=2, seed=7)
+    assert first.equals(second)
+
+
+def test_every_replayed_event_passes_the_schema():
+    fleet = fleet_frame("FD001", "test", machines=2, scale=2)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    events = list(fleet_events(fleet, start, 60.0, "replay"))
+    assert len(events) == len(fleet)
+    assert all(parse_event(encode_event(event)) == event for event in events)
+    truth = load_cmapss("FD001", "test")
+    assert events[0].sensors["sensor_3"] == truth.iloc[0]["sensor_3"]
+
+
+@pytest.mark.parametrize(("machines", "scale"), [(0, 1), (3, 0)])
+def test_bad_fleet_sizes_are_rejected(machines, scale):
+    with pytest.raises(PrognosError, match="must be >= 1"):
+        fleet_frame("FD001", "test", machines=machines, scale=scale)
