@@ -14,7 +14,13 @@ import numpy as np
 
 from models.card import write_card
 from models.config import TrainConfig
-from models.dataset import check_trainable, make_windows, split_machines, training_frame
+from models.dataset import (
+    FeatureFrames,
+    check_trainable,
+    make_windows,
+    split_machines,
+    training_frame,
+)
 from models.metrics import evaluate, rmse
 from models.network import build_model, export_saved_model, make_deterministic, predict
 from prognos.core.features import FEATURE_VERSION
@@ -29,6 +35,8 @@ class TrainResult:
     metrics: dict
     decision: BlessDecision | None
     epochs_run: int
+    keras_model: object = None  # the trained Keras model (not stored; for checks)
+    test_windows: object = None
 
 
 def model_name(subset: str) -> str:
@@ -51,8 +59,21 @@ def train_subset(
     if epochs is not None:
         overrides["epochs"] = epochs
     config = (config or TrainConfig.for_subset(subset)).with_(**overrides)
-    make_deterministic(config.seed)
     frames = training_frame(subset, config.feature, source=source, machines=config.machines)
+    return train_frames(frames, config, registry, margin, progress)
+
+
+def train_frames(
+    frames: FeatureFrames,
+    config: TrainConfig,
+    registry: ModelRegistry | None = None,
+    margin: float = 0.0,
+    progress: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train on prepared feature frames; evaluate, register and bless."""
+    subset = frames.subset
+    make_deterministic(config.seed)
+    check_trainable(frames.train, config.window)
     model, history, validation, windows = fit(frames.train, config, progress)
     test = make_windows(frames.test, config.input_columns, config.window, last_only=True)
     test_out = predict(model, test.x)
@@ -84,8 +105,9 @@ def train_subset(
         },
         "history": history,
     }
+    epochs_run = len(history["loss"])
     if registry is None:
-        return TrainResult(name, None, metrics, None, len(history["loss"]))
+        return TrainResult(name, None, metrics, None, epochs_run, model, test)
 
     def write(directory: Path) -> None:
         export_saved_model(model, directory, config.window, len(config.input_columns))
@@ -94,14 +116,13 @@ def train_subset(
     version = registry.register(name, write, metadata)
     decision = registry.bless(name, version, margin)
     progress(f"registered {name} version {version}: {decision.alias} ({decision.reason})")
-    return TrainResult(name, version, metrics, decision, len(history["loss"]))
+    return TrainResult(name, version, metrics, decision, epochs_run, model, test)
 
 
 def fit(train_frame, config: TrainConfig, progress: Callable[[str], None]):
     """Train with early stopping on validation machines; returns model and figures."""
     import keras
 
-    check_trainable(train_frame, config.window)
     train_rows, validation_rows = split_machines(train_frame, config.validation_share, config.seed)
     train = make_windows(train_rows, config.input_columns, config.window)
     validation = make_windows(validation_rows, config.input_columns, config.window)
