@@ -67,6 +67,35 @@ def lake_settings(tmp_path, **overrides):
     return load_settings(state_dir=tmp_path / "state", **overrides)
 
 
+def seed_lake(settings) -> None:
+    rows = [
+        state_row("FD001-test-0001", 31, 31, 20.0),
+        state_row("m2", 40, 40, 80.0),
+        state_row("m3", 10, 10, 50.0),
+    ]
+    publish(settings, "run-1", write_rows(settings, "machine_state", rows), 40)
+    write_rows(settings, "speed_view", [state_row("m3", 12, 2, 45.0)])
+    write_rows(
+        settings,
+        "silver",
+        [silver_row(m, c) for m in ("FD001-test-0001", "m2") for c in range(1, 6)],
+    )
+    write_rows(
+        settings,
+        "alerts",
+        [
+            {
+                "alert_id": "a1",
+                "machine_id": "FD001-test-0001",
+                "cycle": 31,
+                "predicted_rul": 20.0,
+                "threshold": 30.0,
+                "raised_at": at(31),
+            }
+        ],
+    )
+
+
 # --- a tiny real SavedModel in the registry ---------------------------------------------
 
 WINDOW, FEATURES = 4, 3

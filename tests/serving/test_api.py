@@ -19,11 +19,8 @@ from serving_support import (
     free_port,
     key_settings,
     lake_settings,
-    publish,
-    silver_row,
-    state_row,
+    seed_lake,
     tiny_registry,
-    write_rows,
 )
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -32,35 +29,6 @@ from tensorflow_serving.apis import (
 )
 
 from serving_layer.app import create_app
-
-
-def seed_lake(settings) -> None:
-    rows = [
-        state_row("FD001-test-0001", 31, 31, 20.0),
-        state_row("m2", 40, 40, 80.0),
-        state_row("m3", 10, 10, 50.0),
-    ]
-    publish(settings, "run-1", write_rows(settings, "machine_state", rows), 40)
-    write_rows(settings, "speed_view", [state_row("m3", 12, 2, 45.0)])
-    write_rows(
-        settings,
-        "silver",
-        [silver_row(m, c) for m in ("FD001-test-0001", "m2") for c in range(1, 6)],
-    )
-    write_rows(
-        settings,
-        "alerts",
-        [
-            {
-                "alert_id": "a1",
-                "machine_id": "FD001-test-0001",
-                "cycle": 31,
-                "predicted_rul": 20.0,
-                "threshold": 30.0,
-                "raised_at": at(31),
-            }
-        ],
-    )
 
 
 @pytest.fixture(scope="module")
