@@ -26,7 +26,8 @@ class TrainConfig:
     lstm_units: tuple[int, ...] = (64, 32)
     dense_units: int = 16
     dropout: float = 0.2
-    patience: int = 10
+    patience: int = 15
+    lr_patience: int = 5
     validation_share: float = 0.2
     seed: int = 42
     machines: int | None = None  # train on the first N training machines (tiny runs)

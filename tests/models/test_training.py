@@ -105,3 +105,13 @@ def test_cli_lists_shows_promotes_and_rolls_back(tmp_path, registry_env):
     assert json.loads(shown.output)["version"] == 1
     with pytest.raises(NoChampionError):
         FilesystemRegistry(tmp_path / "other").champion("rul_fd001")
+
+
+def test_training_is_deterministic_given_a_seed(small_frames):
+    config = tiny_config(epochs=1, seed=3)
+    first = train_frames(small_frames, config, progress=lambda line: None)
+    second = train_frames(small_frames, config, progress=lambda line: None)
+    x = first.test_windows.x
+    np.testing.assert_array_equal(
+        predict(first.keras_model, x)["rul"], predict(second.keras_model, x)["rul"]
+    )

@@ -1,0 +1,131 @@
+"""C-MAPSS benchmark: train and evaluate each subset over seeds, beside the published table.
+
+    .venv/bin/python bench/models.py                      # all four subsets, 3 seeds
+    .venv/bin/python bench/models.py --subset FD001 --seeds 1
+    .venv/bin/python bench/models.py --quick              # tiny smoke run
+
+Writes bench/results/models.json and bench/results/models.md.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._harness import RESULTS_DIR, BenchResult, parse_args
+
+SUBSETS = ("FD001", "FD002", "FD003", "FD004")
+TARGET_FD001_RMSE = 13.5
+
+
+def configure(parser) -> None:
+    parser.add_argument("--subset", action="append", choices=SUBSETS, help="repeatable")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per subset (default 3)")
+    parser.add_argument("--epochs", type=int, help="max epochs (default: the model config)")
+
+
+def spread(values: list[float]) -> dict:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+        "runs": values,
+    }
+
+
+def run_subset(subset: str, seeds: int, epochs: int | None, quick: bool, registry) -> dict:
+    from models.train import train_subset
+
+    runs = []
+    for seed in range(seeds):
+        started = time.monotonic()
+        result = train_subset(
+            subset,
+            epochs=2 if quick else epochs,
+            seed=seed,
+            registry=registry,
+            machines=10 if quick else None,
+            progress=lambda line, seed=seed: print(f"  [{subset} seed {seed}] {line}", flush=True),
+        )
+        runs.append((result, time.monotonic() - started))
+    test = [result.metrics["test"] for result, _ in runs]
+    return {
+        "rmse": spread([t["rmse"] for t in test]),
+        "score": spread([t["score"] for t in test]),
+        "mae": spread([t["mae"] for t in test]),
+        "rmse_uncapped": spread([t["rmse_uncapped"] for t in test]),
+        "f1_fails_within_30": spread([t["fails_within_30"]["f1"] for t in test]),
+        "validation_rmse": spread([r.metrics["validation"]["rmse"] for r, _ in runs]),
+        "epochs_run": [r.epochs_run for r, _ in runs],
+        "train_seconds": [round(seconds, 1) for _, seconds in runs],
+        "versions": [r.version for r, _ in runs],
+    }
+
+
+def markdown(figures: dict, published: list[dict], seeds: int) -> str:
+    lines = [
+        "# prognos LSTM on C-MAPSS beside published results",
+        "",
+        f"RMSE / PHM08 score on the last cycle of each test engine; prognos: mean ± std over "
+        f"{seeds} seed(s); truth capped at 125 like the training target (uncapped RMSE in "
+        "the JSON).",
+        "",
+        "| method | " + " | ".join(SUBSETS) + " |",
+        "|---|" + "---|" * len(SUBSETS),
+    ]
+    ours = []
+    for subset in SUBSETS:
+        if subset in figures:
+            rmse, score = figures[subset]["rmse"], figures[subset]["score"]
+            ours.append(f"**{rmse['mean']:.2f} ± {rmse['std']:.2f} / {score['mean']:.0f}**")
+        else:
+            ours.append("not run")
+    lines.append("| **prognos LSTM (this run)** | " + " | ".join(ours) + " |")
+    for row in published:
+        cells = [
+            f"{row[s]['rmse']:.2f} / {row[s]['score']:.0f}" if s in row else "" for s in SUBSETS
+        ]
+        lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    from models.card import published_table
+    from prognos.core.registry import FilesystemRegistry
+
+    args = parse_args(__doc__.splitlines()[0], configure)
+    subsets = args.subset or list(SUBSETS)
+    seeds = 1 if args.quick else args.seeds
+    bench = BenchResult("models", args.quick)
+    published = published_table()
+    bench.reference = {"published": published}
+    with tempfile.TemporaryDirectory(prefix="prognos-bench-registry-") as root:
+        registry = FilesystemRegistry(root)
+        for subset in subsets:
+            print(f"{subset}: {seeds} seed(s)", flush=True)
+            bench.figures[subset] = run_subset(subset, seeds, args.epochs, args.quick, registry)
+    if "FD001" in bench.figures:
+        value = bench.figures["FD001"]["rmse"]["mean"]
+        if args.quick:
+            bench.check("FD001 test RMSE sanity (quick, tiny)", value, "<=", 40.0)
+        else:
+            bench.check("FD001 test RMSE (mean over seeds)", value, "<=", TARGET_FD001_RMSE)
+    for subset, figures in bench.figures.items():
+        bench.notes.append(
+            f"{subset}: RMSE {figures['rmse']['mean']:.2f} ± {figures['rmse']['std']:.2f}, "
+            f"score {figures['score']['mean']:.0f}, uncapped RMSE "
+            f"{figures['rmse_uncapped']['mean']:.2f}"
+        )
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    (RESULTS_DIR / "models.md").write_text(markdown(bench.figures, published, seeds))
+    bench.finish()
+
+
+if __name__ == "__main__":
+    main()
