@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from prognos.core.registry import ModelRegistry, RegistryError, UnknownVersionEr
 
 log = logging.getLogger(__name__)
 SIGNATURE = "serving_default"
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class ModelNotFoundError(LookupError):
@@ -143,6 +145,8 @@ class ModelServer:
 
     def resolve(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
         """The servable for a version, a label (champion/challenger), or the champion."""
+        if not MODEL_NAME.match(name):
+            raise ModelNotFoundError(f"Servable not found for request: model {name[:64]!r}")
         if version is None:
             version = self._aliases.get(name, {}).get(label or "champion")
             if version is None:
@@ -197,12 +201,9 @@ class ModelServer:
         return [self.describe(name, brief=True) for name in self.registry.models()]
 
     def describe(self, name: str, brief: bool = False) -> dict:
-        try:
-            versions = self.registry.versions(name)
-        except RegistryError:  # not even a valid model name
-            versions = []
+        versions = self._versions(name)
         if not versions:
-            raise ModelNotFoundError(f"unknown model {name!r}")
+            raise ModelNotFoundError(f"unknown model {name[:64]!r}")
         aliases = self.registry.aliases(name)
         loaded = self._aliases.get(name, {})
         info = {
@@ -229,6 +230,14 @@ class ModelServer:
             for v in versions
         ]
         return info
+
+    def _versions(self, name: str) -> list[int]:
+        if not MODEL_NAME.match(name):  # never let a request name a path the registry opens
+            return []
+        try:
+            return self.registry.versions(name)
+        except (RegistryError, OSError):
+            return []
 
     def _version_info(self, name: str, version: int) -> dict:
         metadata = self.registry.metadata(name, version)
