@@ -21,7 +21,14 @@ import pandas as pd
 
 from prognos.core.data import SENSOR_COLUMNS, SETTING_COLUMNS, check_subset_split, load_cmapss
 from prognos.core.errors import BrokerUnavailableError, PrognosError
-from prognos.core.events import SCHEMA_VERSION, Event, encode_event, machine_id_for
+from prognos.core.events import (
+    SCHEMA_VERSION,
+    Event,
+    encode_wire,
+    event_from_dict,
+    format_event_time,
+    machine_id_for,
+)
 from prognos.core.settings import Settings, get_settings
 
 READING_COLUMNS = (*SETTING_COLUMNS, *SENSOR_COLUMNS)
@@ -106,18 +113,38 @@ def fleet_events(
     fleet: pd.DataFrame, start: datetime, cycle_seconds: float, source: str
 ) -> Iterator[Event]:
     """Events of a fleet frame (from fleet_frame), in its order."""
-    readings = fleet[list(READING_COLUMNS)].to_numpy(dtype=float).tolist()
+    for wire in fleet_wire_events(fleet, start, cycle_seconds, source):
+        yield event_from_dict(wire)
+
+
+def fleet_messages(
+    fleet: pd.DataFrame, start: datetime, cycle_seconds: float, source: str
+) -> Iterator[tuple[bytes, bytes]]:
+    """(key, validated JSON payload) of each event of a fleet frame, in its order."""
+    for wire in fleet_wire_events(fleet, start, cycle_seconds, source):
+        yield wire["machine_id"].encode(), encode_wire(wire)
+
+
+def fleet_wire_events(
+    fleet: pd.DataFrame, start: datetime, cycle_seconds: float, source: str
+) -> Iterator[dict]:
+    """Events of a fleet frame in their JSON form (as Event.to_dict gives them)."""
     step = timedelta(seconds=cycle_seconds)
-    for machine, cycle, values in zip(fleet["machine"], fleet["cycle"], readings, strict=True):
-        yield Event(
-            machine_id=machine,
-            cycle=int(cycle),
-            event_time=start + step * int(cycle),
-            settings=dict(zip(SETTING_COLUMNS, values[:3], strict=True)),
-            sensors=dict(zip(SENSOR_COLUMNS, values[3:], strict=True)),
-            source=source,
-            schema_version=SCHEMA_VERSION,
-        )
+    times = {
+        cycle: format_event_time(start + step * int(cycle)) for cycle in fleet["cycle"].unique()
+    }
+    readings = fleet[list(READING_COLUMNS)].to_numpy(dtype=float).tolist()
+    cycles = fleet["cycle"].tolist()
+    for machine, cycle, values in zip(fleet["machine"], cycles, readings, strict=True):
+        yield {
+            "schema_version": SCHEMA_VERSION,
+            "machine_id": machine,
+            "cycle": cycle,
+            "event_time": times[cycle],
+            "settings": dict(zip(SETTING_COLUMNS, values[:3], strict=True)),
+            "sensors": dict(zip(SENSOR_COLUMNS, values[3:], strict=True)),
+            "source": source,
+        }
 
 
 def producer_config(settings: Settings) -> dict:
@@ -199,11 +226,11 @@ def replay(
         raise PrognosError(f"--cycle-seconds must be > 0, got {cycle_seconds}")
     start = start or datetime.now(UTC).replace(microsecond=0)
     fleet = fleet_frame(subset, split, machines, scale, settings, seed)
-    events = fleet_events(fleet, start, cycle_seconds, source)
+    messages = fleet_messages(fleet, start, cycle_seconds, source)
     producer = connect_producer(settings, attempts=connect_attempts)
     try:
         _require_topic(producer, settings.topic_readings)
-        return _publish(producer, settings.topic_readings, events, fleet, rate, progress)
+        return _publish(producer, settings.topic_readings, messages, fleet, rate, progress)
     finally:
         producer.close(timeout=10)
 
@@ -219,7 +246,7 @@ def _require_topic(producer, topic: str) -> None:
         raise PrognosError(f"topic {topic} does not exist on the broker: run `prognos up`")
 
 
-def _publish(producer, topic, events, fleet, rate, progress) -> ReplaySummary:
+def _publish(producer, topic, messages, fleet, rate, progress) -> ReplaySummary:
     from kafka.errors import KafkaError
     from tqdm import tqdm
 
@@ -227,11 +254,11 @@ def _publish(producer, topic, events, fleet, rate, progress) -> ReplaySummary:
     total = len(fleet)
     bar = tqdm(total=total, unit="ev", file=sys.stderr, disable=not progress)
     began = time.monotonic()
-    for index, event in enumerate(events):
+    for index, (key, payload) in enumerate(messages):
         if rate is not None:
             _wait_until(began + index / rate)
         try:
-            future = producer.send(topic, key=event.key, value=encode_event(event))
+            future = producer.send(topic, key=key, value=payload)
         except KafkaError as error:
             deliveries.error(error)
             continue

@@ -10,6 +10,7 @@ from prognos.core.events import (
     FIELDS,
     SCHEMA_VERSION,
     Event,
+    _plainly_valid,
     encode_event,
     event_reasons,
     event_spark_schema,
@@ -66,6 +67,7 @@ def _broken(**changes) -> dict:
         (_broken(machine_id=""), "machine_id must be"),
         (_broken(machine_id="has space"), "machine_id must be"),
         (_broken(machine_id=7), "machine_id must be"),
+        (_broken(machine_id="FD001-test-0001\n"), "machine_id must be"),
         (_broken(cycle=0), "cycle must be > 0"),
         (_broken(cycle=-3), "cycle must be > 0"),
         (_broken(cycle=1.5), "cycle must be an integer"),
@@ -81,11 +83,20 @@ def _broken(**changes) -> dict:
         (_broken(sensors={**a_valid_event()["sensors"], "sensor_4": math.nan}), "must be finite"),
         (_broken(sensors={**a_valid_event()["sensors"], "sensor_4": math.inf}), "must be finite"),
         (_broken(source=""), "source must be"),
+        (_broken(source=["replay"]), "source must be"),
     ],
 )
 def test_each_rule_reports_its_reason(obj, reason):
     reasons = validate_event(obj)
     assert any(reason in r for r in reasons), reasons
+    assert not _plainly_valid(obj)  # the fast path never lets a broken event through
+
+
+def test_fast_path_accepts_a_valid_event_and_agrees_on_integers():
+    assert _plainly_valid(a_valid_event())
+    with_int = _broken(sensors={**a_valid_event()["sensors"], "sensor_4": 7})
+    assert not _plainly_valid(with_int)
+    assert validate_event(with_int) == []
 
 
 def test_every_reason_is_reported_at_once():
