@@ -1,1 +1,1 @@
-"""prognos speed layer."""
+"""The speed layer: Structured Streaming views, online scoring and alerts."""

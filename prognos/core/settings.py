@@ -108,6 +108,22 @@ class Settings(BaseSettings):
     alert_red_rul: float = Field(15, ge=0, description="Alert level red when RUL <= this.")
     alert_amber_rul: float = Field(30, ge=0, description="Alert level amber when RUL <= this.")
 
+    speed_watermark: str = Field(
+        "10 minutes", description="Speed layer event-time watermark delay; events behind it "
+        "go to the late_rows table."
+    )
+    speed_trigger: str = Field("2 seconds", description="Speed layer micro-batch interval.")
+    speed_history_cycles: int = Field(
+        100, ge=2, description="Cycles of history kept per machine in the speed layer's state "
+        "(raised to what the champion's features and window need)."
+    )
+    speed_max_offsets_per_trigger: int | None = Field(
+        None, ge=1, description="Cap of Kafka records per speed micro-batch (none: no cap)."
+    )
+    speed_metrics_port: int = Field(
+        9108, ge=0, le=65535, description="Prometheus port of the speed layer (0: no exporter)."
+    )
+
     api_keys: str = Field(
         "",
         description="API keys as comma-separated `<sha256 hex of key>:<role>[:<name>]`; "

@@ -283,6 +283,14 @@ SPEED_VIEW = TableSpec(
         ("model_version", "string"),
         ("batch_id", "long"),
         ("updated_at", "timestamp"),
+        # added by the speed layer: alert level, latest readings and features, and the
+        # Kafka offsets of the readings not yet covered by the batch manifest (expiry).
+        ("alert_level", "string"),
+        ("sensors", "map<string,double>"),
+        ("features", "map<string,double>"),
+        ("kafka_partition", "int"),
+        ("kafka_offset", "long"),
+        ("pending_offsets", "array<long>"),
     ),
     keys=("machine_id",),
     owner_layer="speed_layer",
@@ -300,6 +308,8 @@ ALERTS = TableSpec(
         ("threshold", "double"),
         ("model_version", "string"),
         ("raised_at", "timestamp"),
+        ("alert_level", "string"),  # added by the speed layer
+        ("previous_level", "string"),  # added by the speed layer
     ),
     keys=("alert_id",),
     owner_layer="speed_layer",

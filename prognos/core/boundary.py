@@ -1,0 +1,80 @@
+"""The exact batch/speed boundary: the Kafka offsets the newest batch manifest covers.
+
+A reading at (partition, offset) is covered by the batch views when offset is below the
+manifest's next offset for that partition. The speed view keeps, per machine, the offsets
+of its readings not yet covered (`pending_offsets`); `expire_speed_view` drops the covered
+ones after a batch run and deletes rows with nothing left. Both the speed layer and the
+batch DAG call it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+
+from prognos.core.settings import Settings
+from prognos.core.tables import is_delta_table, table_path
+
+_cache: dict[str, tuple[float, dict[int, int]]] = {}
+
+
+def manifest_offsets(settings: Settings) -> dict[int, int]:
+    """Next offset per Kafka partition of the newest published manifest ({} before any)."""
+    from prognos.core.lake import read_table_arrow
+
+    if not is_delta_table(table_path("batch_manifest", settings)):
+        return {}
+    rows = read_table_arrow("batch_manifest", settings).to_pylist()
+    rows = [row for row in rows if row.get("published_at") is not None]
+    if not rows:
+        return {}
+    newest = max(rows, key=lambda row: (row["published_at"], row["run_id"]))
+    return {int(k): int(v) for k, v in dict(newest.get("partition_offsets") or ()).items()}
+
+
+def cached_manifest_offsets(settings: Settings, max_age_s: float = 1.0) -> dict[int, int]:
+    """manifest_offsets, re-read at most every max_age_s seconds in this process."""
+    key = str(settings.lake)
+    now = time.monotonic()
+    cached = _cache.get(key)
+    if cached is None or now - cached[0] > max_age_s:
+        cached = (now, manifest_offsets(settings))
+        _cache[key] = cached
+    return cached[1]
+
+
+def uncovered(offsets: Iterable[int], partition: int, boundary: Mapping[int, int]) -> list[int]:
+    """The offsets of `partition` that the boundary does not cover, in order."""
+    floor = boundary.get(int(partition), 0)
+    return sorted(int(offset) for offset in offsets if offset >= floor)
+
+
+def expire_speed_view(spark, settings: Settings, boundary: Mapping[int, int] | None = None):
+    """Drop speed-view readings the newest manifest covers: rows with nothing left are
+    deleted, the others keep only their uncovered offsets and count. Idempotent."""
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    path = table_path("speed_view", settings)
+    boundary = manifest_offsets(settings) if boundary is None else dict(boundary)
+    if not boundary or not is_delta_table(path):
+        return {"expired": 0, "trimmed": 0}
+    floor = F.coalesce(
+        F.create_map(*[F.lit(x) for pair in boundary.items() for x in pair])[
+            F.col("kafka_partition")
+        ],
+        F.lit(0).cast("long"),
+    )
+    left = F.filter("pending_offsets", lambda offset: offset >= floor)
+    table = DeltaTable.forPath(spark, str(path))
+    rows = table.toDF()
+    expired = rows.where(F.size(left) == 0).count()
+    trimmed = rows.where((F.size(left) > 0) & (F.size(left) < F.size("pending_offsets"))).count()
+    if expired:
+        table.delete(F.size(left) == 0)
+    if trimmed:
+        table.update(
+            F.size(left) < F.size("pending_offsets"),
+            {"pending_offsets": left, "readings_count": F.size(left).cast("long")},
+        )
+    return {"expired": expired, "trimmed": trimmed, "boundary": boundary}

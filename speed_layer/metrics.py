@@ -1,0 +1,80 @@
+"""Prometheus metrics of the speed layer (exporter on 127.0.0.1:<speed_metrics_port>).
+
+Query progress (input rows/s, micro-batch duration, state rows) comes from a
+StreamingQueryListener; dead letters, late rows, alerts and processing lag (wall clock
+minus the newest event time written) from the batch writer.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+PREFIX = "prognos_speed"
+
+
+class SpeedMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.input_rows = Counter(f"{PREFIX}_input_rows", "Kafka records read", registry=r)
+        self.input_rate = Gauge(
+            f"{PREFIX}_input_rows_per_second", "Input rows/s of the last batch", registry=r
+        )
+        self.batch_duration = Gauge(
+            f"{PREFIX}_batch_duration_seconds", "Duration of the last micro-batch", registry=r
+        )
+        self.write_duration = Gauge(
+            f"{PREFIX}_write_duration_seconds", "foreachBatch time of the last batch", registry=r
+        )
+        self.state_rows = Gauge(f"{PREFIX}_state_rows", "Machines held in state", registry=r)
+        self.lag = Gauge(
+            f"{PREFIX}_processing_lag_seconds",
+            "Wall clock minus the newest event time written to the speed view",
+            registry=r,
+        )
+        self.batches = Counter(f"{PREFIX}_batches", "Micro-batches written", registry=r)
+        self.records = Counter(f"{PREFIX}_records", "Records routed, by kind", ["kind"], registry=r)
+
+    @classmethod
+    def start(cls, spark, port: int, host: str = "127.0.0.1") -> SpeedMetrics:
+        """Metrics with an HTTP exporter and a listener on the session's queries."""
+        metrics = cls()
+        start_http_server(port, addr=host, registry=metrics.registry)
+        spark.streams.addListener(metrics.listener())
+        return metrics
+
+    def batch_written(self, counts: dict, max_event_time, seconds: float) -> None:
+        self.batches.inc()
+        self.write_duration.set(seconds)
+        for kind in ("dead", "late", "view", "alert"):
+            self.records.labels(kind).inc(counts.get(kind, 0))
+        if max_event_time is not None:
+            self.lag.set(max(0.0, time.time() - max_event_time.timestamp()))
+
+    def progress(self, progress) -> None:
+        self.input_rows.inc(progress.numInputRows or 0)
+        self.input_rate.set(progress.inputRowsPerSecond or 0.0)
+        self.batch_duration.set((progress.batchDuration or 0) / 1000.0)
+        self.state_rows.set(sum(op.numRowsTotal for op in progress.stateOperators or []))
+
+    def listener(self):
+        from pyspark.sql.streaming import StreamingQueryListener
+
+        metrics = self
+
+        class Listener(StreamingQueryListener):
+            def onQueryStarted(self, event):
+                pass
+
+            def onQueryProgress(self, event):
+                metrics.progress(event.progress)
+
+            def onQueryIdle(self, event):
+                pass
+
+            def onQueryTerminated(self, event):
+                pass
+
+        return Listener()
