@@ -7,7 +7,7 @@ import importlib
 import click
 
 # Each module holds thin click commands for one area and a list named `commands`.
-AREAS = ("replay", "run", "models", "batch", "serve", "query")
+AREAS = ("replay", "run", "models", "batch", "serve", "query", "speed")
 
 
 def all_commands() -> list[click.Command]:
