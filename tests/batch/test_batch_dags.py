@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -39,7 +40,7 @@ def test_batch_layer_tasks_in_order(dagbag):
     dag = dagbag.dags["batch_layer"]
     order = ["ingest_bronze", "silver", "gold", "views", "expire_speed_view"]
     assert set(dag.task_ids) == set(order)
-    for upstream, downstream in zip(order, order[1:], strict=False):
+    for upstream, downstream in itertools.pairwise(order):
         assert dag.get_task(downstream).upstream_task_ids == {upstream}
     assert str(dag.schedule) == "@hourly" or "hour" in str(dag.timetable.summary).lower()
     assert dag.max_active_runs == 1
