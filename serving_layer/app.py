@@ -19,6 +19,7 @@ from serving_layer.metrics import ServingMetrics
 from serving_layer.models import ModelServer
 from serving_layer.poller import Poller
 from serving_layer.snapshot import SnapshotStore
+from serving_layer.trail import PredictionTrail
 from serving_layer.truth import TruthTable
 from serving_layer.views import DeltaViews
 
@@ -36,9 +37,14 @@ def create_app(
 ) -> FastAPI:
     """The FastAPI app. With `background`, refreshers poll Delta versions and the registry;
     with `grpc`, the gRPC PredictionService listens on 127.0.0.1:<grpc_port>."""
-    metrics = ServingMetrics()
+    metrics, trail = ServingMetrics(), PredictionTrail()
     registry = registry or FilesystemRegistry(settings.registry)
-    snapshots = SnapshotStore(views or DeltaViews(settings), on_swap=metrics.snapshot_swapped)
+
+    def on_swap(snapshot) -> None:
+        metrics.snapshot_swapped(snapshot)
+        trail.record(snapshot)
+
+    snapshots = SnapshotStore(views or DeltaViews(settings), on_swap=on_swap)
     models = ModelServer(registry, settings.shadow_share, metrics, seed=shadow_seed)
     pollers = [
         Poller(snapshots.refresh, settings.serving_refresh_s, "snapshot-refresher"),
@@ -77,7 +83,7 @@ def create_app(
     app.state.snapshots, app.state.models, app.state.pollers = snapshots, models, pollers
     app.state.keys = KeyStore.from_settings(settings)
     app.state.audit = AuditLog(settings.audit_log)
-    app.state.truth = TruthTable(settings)
+    app.state.truth, app.state.trail = TruthTable(settings), trail
     install_error_handlers(app)
     _install_request_metrics(app, metrics)
     _add_operational_routes(app)

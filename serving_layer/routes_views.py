@@ -60,6 +60,8 @@ def list_machines(
         limit=limit,
         cursor=cursor,
     )
+    truth = request.app.state.truth
+    page = [{**s, "true_rul": truth.true_rul(s["machine_id"], s.get("last_cycle"))} for s in page]
     return respond({"machines": page, "next_cursor": next_cursor, "as_of": snapshot.as_of()})
 
 
@@ -75,7 +77,21 @@ def get_history(
     if machine_id not in snapshot.machines and machine_id not in snapshot.history_slices:
         raise not_found(f"unknown machine {machine_id!r}")
     rows = machine_history(snapshot, machine_id, start, end)
-    return respond({"machine_id": machine_id, "readings": rows, "as_of": snapshot.as_of()})
+    truth = request.app.state.truth
+    predictions = [
+        {**point, "true_rul": truth.true_rul(machine_id, point["cycle"])}
+        for point in request.app.state.trail.points(machine_id)
+    ]
+    for row in rows:
+        row["true_rul"] = truth.true_rul(machine_id, row.get("cycle"))
+    return respond(
+        {
+            "machine_id": machine_id,
+            "readings": rows,
+            "predictions": predictions,
+            "as_of": snapshot.as_of(),
+        }
+    )
 
 
 def _check_range(start: datetime | None, end: datetime | None) -> None:
