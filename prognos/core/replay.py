@@ -141,8 +141,8 @@ def fleet_wire_events(
             "machine_id": machine,
             "cycle": cycle,
             "event_time": times[cycle],
-            "settings": dict(zip(SETTING_COLUMNS, values[:3], strict=True)),
-            "sensors": dict(zip(SENSOR_COLUMNS, values[3:], strict=True)),
+            "settings": dict(zip(SETTING_COLUMNS, values[:3], strict=False)),
+            "sensors": dict(zip(SENSOR_COLUMNS, values[3:], strict=False)),
             "source": source,
         }
 
