@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from prognos.core.alerting import alert_level
 from prognos.core.registry import FilesystemRegistry, ModelRegistry
 from prognos.core.settings import Settings
 from serving_layer import routes_models, routes_views
@@ -44,7 +46,11 @@ def create_app(
         metrics.snapshot_swapped(snapshot)
         trail.record(snapshot)
 
-    snapshots = SnapshotStore(views or DeltaViews(settings), on_swap=on_swap)
+    snapshots = SnapshotStore(
+        views or DeltaViews(settings),
+        level_of=functools.partial(alert_level, settings=settings),
+        on_swap=on_swap,
+    )
     models = ModelServer(registry, settings.shadow_share, metrics, seed=shadow_seed)
     pollers = [
         Poller(snapshots.refresh, settings.serving_refresh_s, "snapshot-refresher"),

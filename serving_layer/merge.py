@@ -1,29 +1,24 @@
 """The exact merge of the batch view and the speed view (the heart of the Lambda design).
 
-The batch manifest says what the batch views cover. Per machine the batch row answers for
-everything up to its `last_cycle`; a speed row holds the readings newer than the batch
-boundary and wins only when it reaches beyond what batch covers for that machine. Its
-readings are added to the batch count, so no event is counted twice or missed.
+The batch manifest records the next Kafka offset per partition its views cover. A speed
+row lists the offsets of its machine's readings that were beyond the boundary when it was
+written (`pending_offsets`); the merge filters them again against the manifest pinned by
+the snapshot, so a speed row written before a batch run cannot count readings that run
+now covers. Per machine: readings = batch count + uncovered speed readings; the state
+(cycle, RUL, level, model) comes from speed only when its newest reading is uncovered and
+beyond the batch's last cycle. No reading is counted twice or missed.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-RED_MAX_RUL = 30.0  # fails within 30 cycles: act now
-AMBER_MAX_RUL = 60.0
-ALERT_LEVELS = ("red", "amber", "green", "unknown")
+from prognos.core.alerting import ALERT_LEVELS
+from prognos.core.boundary import uncovered
 
-
-def alert_level(predicted_rul: float | None) -> str:
-    if predicted_rul is None or math.isnan(predicted_rul):
-        return "unknown"
-    if predicted_rul <= RED_MAX_RUL:
-        return "red"
-    return "amber" if predicted_rul <= AMBER_MAX_RUL else "green"
+__all__ = ["ALERT_LEVELS", "Boundary", "latest_boundary", "merge_machine_states"]
 
 
 @dataclass(frozen=True)
@@ -48,32 +43,56 @@ class Boundary:
 
 def latest_boundary(manifest_rows: Iterable[Mapping]) -> Boundary | None:
     """The most recently published manifest row, or None before the first publication."""
-    rows = [row for row in manifest_rows if row.get("run_id") is not None]
+    rows = [r for r in manifest_rows if r.get("run_id") and r.get("published_at") is not None]
     if not rows:
         return None
-    row = max(rows, key=lambda r: (r.get("published_at") is not None, r.get("published_at")))
+    row = max(rows, key=lambda r: (r["published_at"], r["run_id"]))
     return Boundary(
         run_id=row["run_id"],
         published_at=row.get("published_at"),
         table_versions=dict(row.get("table_versions") or ()),
-        partition_offsets=dict(row.get("partition_offsets") or ()),
+        partition_offsets={
+            int(k): int(v) for k, v in dict(row.get("partition_offsets") or ()).items()
+        },
         max_event_time=row.get("max_event_time"),
     )
 
 
 def merge_machine_states(
-    batch_rows: Iterable[Mapping], speed_rows: Iterable[Mapping]
+    batch_rows: Iterable[Mapping],
+    speed_rows: Iterable[Mapping],
+    offsets: Mapping[int, int],
+    level_of: Callable[[float | None], str],
 ) -> dict[str, dict]:
-    """Merged state per machine id from batch rows and speed rows (one row per machine each)."""
-    merged = {row["machine_id"]: _from_batch(row) for row in batch_rows}
+    """Merged state per machine id from batch rows and speed rows (one row per machine each).
+
+    `offsets` is the pinned manifest's next offset per partition ({} before any batch).
+    """
+    merged = {
+        row["machine_id"]: _state(row, "batch", row["last_cycle"], row["readings_count"], level_of)
+        for row in batch_rows
+    }
     for speed in speed_rows:
-        machine_id = speed["machine_id"]
-        batch = merged.get(machine_id)
-        if batch is None:
-            merged[machine_id] = _from_speed(speed, batch_cycle=None, batch_count=0)
-        elif _beyond(speed.get("last_cycle"), batch["batch_cycle"]):
-            merged[machine_id] = _from_speed(speed, batch["batch_cycle"], batch["readings_count"])
+        pending = _uncovered_offsets(speed, offsets)
+        if not pending:
+            continue  # everything this row saw is covered by the batch views
+        batch = merged.get(speed["machine_id"])
+        batch_cycle = batch["batch_cycle"] if batch else None
+        batch_count = batch["readings_count"] if batch else 0
+        if batch is not None and not _beyond(speed.get("last_cycle"), batch_cycle):
+            batch["readings_count"] += len(pending)  # late readings: counted, state stays
+            continue
+        merged[speed["machine_id"]] = _state(
+            speed, "speed", batch_cycle, batch_count + len(pending), level_of
+        )
     return merged
+
+
+def _uncovered_offsets(speed: Mapping, offsets: Mapping[int, int]) -> list[int]:
+    pending = speed.get("pending_offsets")
+    if pending is None:  # a row without offsets: trust its count
+        return list(range(int(speed.get("readings_count") or 0)))
+    return uncovered(pending, int(speed.get("kafka_partition") or 0), offsets)
 
 
 def _beyond(speed_cycle: int | None, batch_cycle: int | None) -> bool:
@@ -82,28 +101,29 @@ def _beyond(speed_cycle: int | None, batch_cycle: int | None) -> bool:
     return batch_cycle is None or speed_cycle > batch_cycle
 
 
-def _from_batch(row: Mapping) -> dict:
-    return _state(row, "batch", batch_cycle=row.get("last_cycle"), readings=row["readings_count"])
-
-
-def _from_speed(row: Mapping, batch_cycle: int | None, batch_count: int) -> dict:
-    readings = (batch_count or 0) + (row.get("readings_count") or 0)
-    return _state(row, "speed", batch_cycle=batch_cycle, readings=readings)
-
-
-def _state(row: Mapping, source: str, batch_cycle: int | None, readings: int | None) -> dict:
+def _state(
+    row: Mapping,
+    source: str,
+    batch_cycle: int | None,
+    readings: int | None,
+    level_of: Callable[[float | None], str],
+) -> dict:
     rul = row.get("predicted_rul")
-    return {
+    state = {
         "machine_id": row["machine_id"],
         "last_cycle": row.get("last_cycle"),
         "last_event_time": row.get("last_event_time"),
         "readings_count": int(readings or 0),
         "predicted_rul": rul,
-        "alert_level": alert_level(rul),
+        "alert_level": level_of(rul),
         "model_version": row.get("model_version"),
         "source": source,
         "batch_cycle": batch_cycle,
     }
+    if source == "speed" and row.get("sensors"):
+        state["sensors"] = dict(row["sensors"])
+        state["sensors_cycle"] = row.get("last_cycle")
+    return state
 
 
 def _iso(value: datetime | None) -> str | None:

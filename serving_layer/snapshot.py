@@ -79,7 +79,9 @@ def current_versions(views) -> dict[str, int | None]:
     return versions
 
 
-def build_snapshot(views, versions: dict[str, int | None]) -> Snapshot:
+def build_snapshot(
+    views, versions: dict[str, int | None], level_of: Callable[[float | None], str]
+) -> Snapshot:
     boundary = None
     if versions["batch_manifest"] is not None:
         boundary = latest_boundary(
@@ -91,7 +93,8 @@ def build_snapshot(views, versions: dict[str, int | None]) -> Snapshot:
         versions["machine_state"] = boundary.table_versions["machine_state"]
         batch_rows = views.read("machine_state", versions["machine_state"]).to_pylist()
     speed_rows = _read_pinned(views, "speed_view", versions).to_pylist()
-    machines = merge_machine_states(batch_rows, speed_rows)
+    offsets = boundary.partition_offsets if boundary is not None else {}
+    machines = merge_machine_states(batch_rows, speed_rows, offsets, level_of)
     history, slices = _index_history(_read_pinned(views, "silver", versions))
     _attach_latest_sensors(machines, history, slices)
     alerts = _read_pinned(views, "alerts", versions).to_pylist()
@@ -120,6 +123,8 @@ def _attach_latest_sensors(machines: dict, history: pa.Table, slices: dict) -> N
     columns = [c for c in history.column_names if c.startswith(("sensor_", "setting_"))]
     for machine_id, state in machines.items():
         span = slices.get(machine_id)
+        if "sensors" in state:  # the speed view's newest readings
+            continue
         if span is None:
             state["sensors"], state["sensors_cycle"] = {}, None
             continue
@@ -262,8 +267,14 @@ def fleet_summary(snapshot: Snapshot) -> dict:
 class SnapshotStore:
     """Holds the current snapshot; `refresh()` swaps in a new one when a version changed."""
 
-    def __init__(self, views, on_swap: Callable[[Snapshot], None] | None = None) -> None:
+    def __init__(
+        self,
+        views,
+        level_of: Callable[[float | None], str],
+        on_swap: Callable[[Snapshot], None] | None = None,
+    ) -> None:
         self.views = views
+        self.level_of = level_of
         self.on_swap = on_swap
         self._snapshot = empty_snapshot()
         self.refreshed = False
@@ -278,7 +289,7 @@ class SnapshotStore:
         pinned = {k: v for k, v in self._snapshot.versions.items() if k in versions}
         if self.refreshed and pinned == versions:
             return False
-        snapshot = build_snapshot(self.views, versions)
+        snapshot = build_snapshot(self.views, versions, self.level_of)
         self._snapshot = snapshot
         self.refreshed = True
         if self.on_swap is not None:

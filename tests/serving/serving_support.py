@@ -46,7 +46,20 @@ def state_row(machine_id: str, cycle: int, count: int, rul: float, version="1") 
     }
 
 
-def publish(settings, run_id: str, machine_state_version: int, max_cycle: int) -> int:
+def speed_row(
+    machine_id: str, cycle: int, pending: list[int], rul: float, partition=0, version="1"
+) -> dict:
+    """A speed-view row whose readings sit at `pending` offsets of `partition`."""
+    return {
+        **state_row(machine_id, cycle, len(pending), rul, version),
+        "kafka_partition": partition,
+        "kafka_offset": max(pending, default=None),
+        "pending_offsets": list(pending),
+    }
+
+
+def publish(settings, run_id: str, machine_state_version: int, offsets: dict[int, int]) -> int:
+    """Append a manifest row: machine_state at its version covers offsets below `offsets`."""
     return write_rows(
         settings,
         "batch_manifest",
@@ -55,9 +68,9 @@ def publish(settings, run_id: str, machine_state_version: int, max_cycle: int) -
                 "run_id": run_id,
                 "published_at": datetime.now(UTC),
                 "table_versions": [("machine_state", machine_state_version)],
-                "partition_offsets": [(0, max_cycle)],
-                "max_event_time": at(max_cycle),
-                "rows_covered": max_cycle,
+                "partition_offsets": list(offsets.items()),
+                "max_event_time": at(40),
+                "rows_covered": sum(offsets.values()),
             }
         ],
     )
@@ -69,12 +82,13 @@ def lake_settings(tmp_path, **overrides):
 
 def seed_lake(settings) -> None:
     rows = [
-        state_row("FD001-test-0001", 31, 31, 20.0),
+        state_row("FD001-test-0001", 31, 31, 10.0),
         state_row("m2", 40, 40, 80.0),
         state_row("m3", 10, 10, 50.0),
     ]
-    publish(settings, "run-1", write_rows(settings, "machine_state", rows), 40)
-    write_rows(settings, "speed_view", [state_row("m3", 12, 2, 45.0)])
+    # partition 2 holds m3: offsets 0-9 are its cycles 1-10 (batch), 10-11 its cycles 11-12
+    publish(settings, "run-1", write_rows(settings, "machine_state", rows), {2: 10})
+    write_rows(settings, "speed_view", [speed_row("m3", 12, [10, 11], 25.0, partition=2)])
     write_rows(
         settings,
         "silver",
@@ -88,7 +102,7 @@ def seed_lake(settings) -> None:
                 "alert_id": "a1",
                 "machine_id": "FD001-test-0001",
                 "cycle": 31,
-                "predicted_rul": 20.0,
+                "predicted_rul": 10.0,
                 "threshold": 30.0,
                 "raised_at": at(31),
             }

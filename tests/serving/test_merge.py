@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import pytest
-from serving_support import lake_settings, publish, silver_row, state_row, write_rows
+from serving_support import (
+    lake_settings,
+    publish,
+    silver_row,
+    speed_row,
+    state_row,
+    write_rows,
+)
 
-from serving_layer.merge import alert_level, latest_boundary, merge_machine_states
+from prognos.core.alerting import alert_level
+from prognos.core.settings import load_settings
+from serving_layer.merge import latest_boundary, merge_machine_states
 from serving_layer.snapshot import (
     CursorError,
     SnapshotStore,
@@ -17,60 +26,70 @@ from serving_layer.snapshot import (
 from serving_layer.views import DeltaViews
 
 
-def test_speed_row_wins_only_beyond_batch_cycle():
+def levels(rul):
+    return alert_level(rul, load_settings())
+
+
+def test_speed_counts_only_readings_beyond_the_pinned_boundary():
     batch = [state_row("m1", 10, 10, 50.0), state_row("m2", 20, 20, 40.0)]
+    offsets = {0: 100, 1: 50}
     speed = [
-        {**state_row("m1", 13, 3, 47.0), "model_version": "2"},  # beyond batch: wins
-        state_row("m2", 20, 5, 10.0),  # not beyond what batch covers: ignored
-        state_row("m3", 4, 4, 90.0),  # new machine, speed only
+        {**speed_row("m1", 13, [100, 101, 102], 47.0), "model_version": "2"},  # uncovered: wins
+        speed_row("m2", 20, [48, 49], 10.0, partition=1),  # covered by the batch run: ignored
+        speed_row("m3", 4, [103, 104, 105, 106], 90.0),  # new machine, speed only
+        speed_row("m4", 7, [98, 99, 100], 12.0),  # written before the boundary moved: 1 left
     ]
-    merged = merge_machine_states(batch, speed)
+    merged = merge_machine_states(batch, speed, offsets, levels)
     assert merged["m1"]["source"] == "speed" and merged["m1"]["last_cycle"] == 13
     assert merged["m1"]["readings_count"] == 13 and merged["m1"]["batch_cycle"] == 10
     assert merged["m1"]["model_version"] == "2"
     assert merged["m2"]["source"] == "batch" and merged["m2"]["readings_count"] == 20
-    assert merged["m3"] == {
-        **merged["m3"],
-        "source": "speed",
-        "readings_count": 4,
-        "batch_cycle": None,
-    }
+    assert (merged["m3"]["source"], merged["m3"]["readings_count"]) == ("speed", 4)
+    assert merged["m3"]["batch_cycle"] is None
+    assert merged["m4"]["readings_count"] == 1 and merged["m4"]["alert_level"] == "red"
 
 
-def test_alert_levels():
-    assert [alert_level(r) for r in (5.0, 30.0, 31.0, 60.0, 61.0, None, float("nan"))] == [
-        "red",
-        "red",
-        "amber",
-        "amber",
-        "green",
-        "unknown",
-        "unknown",
-    ]
+def test_speed_row_not_beyond_batch_cycle_adds_count_but_not_state():
+    batch = [state_row("m1", 10, 10, 50.0)]
+    late = speed_row("m1", 9, [120], 5.0)  # a late reading of an older cycle
+    merged = merge_machine_states(batch, [late], {0: 100}, levels)
+    assert (merged["m1"]["source"], merged["m1"]["readings_count"]) == ("batch", 11)
+    assert merged["m1"]["predicted_rul"] == 50.0
+
+
+def test_before_any_batch_the_speed_view_answers_alone():
+    merged = merge_machine_states([], [speed_row("m1", 3, [0, 1, 2], 40.0)], {}, levels)
+    assert (merged["m1"]["source"], merged["m1"]["readings_count"]) == ("speed", 3)
 
 
 def test_latest_boundary_is_most_recent_publication():
     assert latest_boundary([]) is None
     rows = [
         {"run_id": "a", "published_at": 1, "table_versions": [("machine_state", 1)]},
-        {"run_id": "b", "published_at": 2, "table_versions": {"machine_state": 3}},
+        {
+            "run_id": "b",
+            "published_at": 2,
+            "table_versions": {"machine_state": 3},
+            "partition_offsets": [(0, 7)],
+        },
     ]
-    assert latest_boundary(rows).table_versions == {"machine_state": 3}
+    boundary = latest_boundary(rows)
+    assert boundary.table_versions == {"machine_state": 3} and boundary.partition_offsets == {0: 7}
 
 
 def test_snapshot_reads_batch_at_manifest_versions(tmp_path):
     settings = lake_settings(tmp_path)
-    views = DeltaViews(settings)
-    store = SnapshotStore(views)
+    store = SnapshotStore(DeltaViews(settings), levels)
     assert store.refresh() and store.current.machines == {}  # empty lake: empty snapshot
     assert not store.refresh()
 
+    # m1 in partition 0: cycle c at offset c - 1
     version = write_rows(settings, "machine_state", [state_row("m1", 10, 10, 50.0)])
-    write_rows(settings, "speed_view", [state_row("m1", 12, 2, 45.0)])
+    write_rows(settings, "speed_view", [speed_row("m1", 12, list(range(12)), 45.0)])
     assert store.refresh()
     # machine_state is not published yet: the speed row alone answers.
-    assert store.current.machines["m1"]["readings_count"] == 2
-    publish(settings, "run-1", version, 10)
+    assert store.current.machines["m1"]["readings_count"] == 12
+    publish(settings, "run-1", version, {0: 10})
     assert store.refresh()
     state = store.current.machines["m1"]
     assert (state["source"], state["last_cycle"], state["readings_count"]) == ("speed", 12, 12)
@@ -80,8 +99,9 @@ def test_snapshot_reads_batch_at_manifest_versions(tmp_path):
     store.refresh()
     assert store.current.machines["m1"]["readings_count"] == 12
     before = store.current
-    publish(settings, "run-2", newer, 12)
+    publish(settings, "run-2", newer, {0: 12})
     store.refresh()
+    # the speed row still lists offsets 0-11 (not yet expired): none is counted twice
     after = store.current.machines["m1"]
     assert (after["source"], after["readings_count"], after["predicted_rul"]) == ("batch", 12, 44.0)
     assert before.machines["m1"]["source"] == "speed"  # the old snapshot object is unchanged
@@ -95,7 +115,7 @@ def _fleet_store(tmp_path, n=7):
         state_row(f"m{i}", 10 + i, 10 + i, rul)
         for i, rul in enumerate([5.0, 25.0, 45.0, 70.0, 100.0, 15.0, 65.0][:n])
     ]
-    publish(settings, "r", write_rows(settings, "machine_state", rows), 20)
+    publish(settings, "r", write_rows(settings, "machine_state", rows), {0: 20})
     write_rows(settings, "silver", [silver_row("m0", c) for c in (1, 2, 3)])
     write_rows(
         settings,
@@ -110,7 +130,7 @@ def _fleet_store(tmp_path, n=7):
             }
         ],
     )
-    store = SnapshotStore(DeltaViews(settings))
+    store = SnapshotStore(DeltaViews(settings), levels)
     store.refresh()
     return store.current
 
@@ -128,7 +148,7 @@ def test_fleet_pages_cover_every_machine_once(tmp_path):
     ruls = [s["predicted_rul"] for s in query_fleet(snapshot, sort="-rul", limit=10)[0]]
     assert ruls == sorted(ruls, reverse=True)
     red, _ = query_fleet(snapshot, alert_level="red")
-    assert {s["machine_id"] for s in red} == {"m0", "m1", "m5"}
+    assert {s["machine_id"] for s in red} == {"m0", "m5"}
     ranged, _ = query_fleet(snapshot, min_rul=20, max_rul=70)
     assert [s["predicted_rul"] for s in ranged] == [25.0, 45.0, 65.0, 70.0]
 
@@ -149,5 +169,5 @@ def test_history_alerts_and_summary(tmp_path):
     assert snapshot.machines["m0"]["sensors_cycle"] == 3
     assert len(alerts_since(snapshot, None, 10)) == 1
     summary = fleet_summary(snapshot)
-    assert summary["machines"] == 7 and summary["by_alert_level"]["red"] == 3
+    assert summary["machines"] == 7 and summary["by_alert_level"]["red"] == 2
     assert summary["as_of"]["boundary"]["run_id"] == "r"
