@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,7 +19,7 @@ from prognos.core.features import (
     compute_features_for_frame,
     fit_condition_model,
 )
-from prognos.core.settings import Settings
+from prognos.core.settings import Settings, get_settings
 
 
 class DatasetError(PrognosError):
@@ -66,8 +67,27 @@ def training_frame(
     condition_model = fit_condition_model(load_cmapss(subset, "train", settings), config)
     train = add_labels(compute_features_for_frame(raw_train, condition_model, config), config)
     test = add_labels(compute_features_for_frame(raw_test, condition_model, config), config)
-    lineage = {"source": "cmapss", "subset": subset, "machines": machines}
+    lineage = {
+        "source": "cmapss",
+        "subset": subset,
+        "machines": machines,
+        "rows": {"train": len(raw_train), "test": len(raw_test)},
+        "files": _file_sums(subset, settings),
+    }
     return FeatureFrames(subset, train, test, condition_model, lineage)
+
+
+def _file_sums(subset: str, settings: Settings | None) -> dict[str, str]:
+    """sha256 of the vendored files the rows came from (the data's version)."""
+    sums = Path((settings or get_settings()).data_dir) / "SHA256SUMS"
+    if not sums.is_file():
+        return {}
+    found = {}
+    for line in sums.read_text().splitlines():
+        digest, _, name = line.partition("  ")
+        if subset in name:
+            found[name.strip()] = digest
+    return found
 
 
 def _first(frame: pd.DataFrame, count: int) -> list:
