@@ -3,7 +3,8 @@
 `up` formats the storage once, starts ``java -cp '<jars>/*' kafka.Kafka`` bound to
 127.0.0.1 in its own process group, waits until it answers metadata requests, writes a
 PID file and creates the topics. `down` stops exactly that PID. When the environment
-names a broker (``KAFKA_BOOTSTRAP_SERVERS``), nothing is started.
+names an external broker (``KAFKA_BOOTSTRAP_SERVERS`` or ``PROGNOS_KAFKA_EXTERNAL=true``),
+nothing is started.
 """
 
 from __future__ import annotations

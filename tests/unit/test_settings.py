@@ -34,3 +34,14 @@ def test_invalid_value_names_setting_and_value(monkeypatch, variable, value):
         load_settings()
     assert value in str(error.value)
     assert "invalid setting" in str(error.value)
+
+
+def test_only_the_standard_variable_implies_an_external_broker(monkeypatch):
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.setenv("PROGNOS_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
+    assert not load_settings().kafka_is_external
+    monkeypatch.setenv("PROGNOS_KAFKA_EXTERNAL", "true")
+    assert load_settings().kafka_is_external
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "broker.example:9092")
+    monkeypatch.setenv("PROGNOS_KAFKA_EXTERNAL", "false")
+    assert not load_settings().kafka_is_external  # the explicit setting wins
