@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
 
 from serving_layer.auth import require
 from serving_layer.errors import invalid, not_found, respond
@@ -35,7 +36,7 @@ def get_machine(machine_id: str, request: Request):
     if state is None:
         raise not_found(f"unknown machine {machine_id!r}")
     truth = request.app.state.truth.true_rul(machine_id, state.get("last_cycle"))
-    return respond({**state, "true_rul": truth, "as_of": snapshot.as_of()})
+    return JSONResponse({**state, "true_rul": truth, "as_of": snapshot.as_of_json})
 
 
 @router.get("/machines", summary="The fleet: filter, sort, paginate (cursor)")

@@ -32,6 +32,7 @@ def serve(settings: Settings) -> None:
         host=settings.api_host,
         port=settings.api_port,
         log_level="info",
+        access_log=False,  # every request is counted and timed in /metrics instead
         ssl_certfile=tls[0] if tls else None,
         ssl_keyfile=tls[1] if tls else None,
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import bisect
+import functools
 import json
 import math
 from collections.abc import Callable
@@ -55,12 +56,17 @@ class Snapshot:
     def loaded(self) -> bool:
         return self.versions.get("batch_manifest") is not None or bool(self.machines)
 
-    def as_of(self) -> dict:
+    @functools.cached_property
+    def as_of_json(self) -> dict:
+        """What the snapshot pins, JSON-ready (computed once per snapshot)."""
         return {
             "built_at": self.built_at.isoformat(),
             "versions": dict(self.versions),
             "boundary": self.boundary.to_dict() if self.boundary else None,
         }
+
+    def as_of(self) -> dict:
+        return dict(self.as_of_json)
 
 
 def empty_snapshot() -> Snapshot:
@@ -97,9 +103,21 @@ def build_snapshot(
     machines = merge_machine_states(batch_rows, speed_rows, offsets, level_of)
     history, slices = _index_history(_read_pinned(views, "silver", versions))
     _attach_latest_sensors(machines, history, slices)
+    machines = {machine_id: json_ready(state) for machine_id, state in machines.items()}
     alerts = _read_pinned(views, "alerts", versions).to_pylist()
     alerts.sort(key=lambda a: (a.get("raised_at") is None, a.get("raised_at")))
     return Snapshot(versions, boundary, machines, _orders(machines), alerts, history, slices)
+
+
+def json_ready(value):
+    """Datetimes as ISO strings, non-finite floats as None: states are served as they are."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    return value
 
 
 def _read_pinned(views, name: str, versions: dict) -> pa.Table:

@@ -1,0 +1,302 @@
+"""Serving latency: merged machine query and predict through `prognos serve` (real HTTP),
+beside a bare FastAPI endpoint returning a constant (same uvicorn settings) and a direct
+SavedModel call, in the same run.
+
+Builds a fleet (batch view + manifest + speed view, delta-rs) and an (untrained) LSTM of
+the project's shape in a temporary state dir. Figures: p50/p99 latency and throughput at
+concurrency 1 and 16 (closed loop) and p99 at a paced 200 requests/s (open loop).
+Checks: merged query p99 <= 10 ms at 200 rps; predict p99 <= 20 ms; each <= 2x its
+reference at concurrency 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import httpx
+import numpy as np
+
+from bench._harness import BenchResult, parse_args, percentile
+from prognos.core.settings import Settings, load_settings, settings_env
+
+KEY = "bench-key"
+MODEL = "rul_lstm"
+WINDOW, FEATURES = 30, 24
+BARE_APP = (
+    "import sys, uvicorn\n"
+    "from fastapi import FastAPI\n"
+    "app = FastAPI()\n"
+    "@app.get('/const')\n"
+    "def const():\n"
+    "    return {'machine_id': 'm1', 'predicted_rul': 42.0}\n"
+    "uvicorn.run(app, host='127.0.0.1', port=int(sys.argv[1]), log_level='info',"
+    " access_log=False)\n"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def build_fleet(settings: Settings, machines: int) -> None:
+    import pyarrow as pa
+    from deltalake import DeltaTable, write_deltalake
+
+    from prognos.core.tables import get_table, table_path
+
+    def write(name: str, rows: list[dict]) -> int:
+        schema = get_table(name).arrow_schema
+        table = pa.Table.from_pylist([{c: r.get(c) for c in schema.names} for r in rows], schema)
+        write_deltalake(str(table_path(name, settings)), table, mode="append")
+        return DeltaTable(str(table_path(name, settings))).version()
+
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    rng = random.Random(0)
+    batch = [
+        {
+            "machine_id": f"m{i:05d}",
+            "last_cycle": 100,
+            "readings_count": 100,
+            "last_event_time": start + timedelta(minutes=100),
+            "predicted_rul": rng.uniform(0, 150),
+            "model_version": "1",
+        }
+        for i in range(machines)
+    ]
+    version = write("machine_state", batch)
+    write(
+        "batch_manifest",
+        [
+            {
+                "run_id": "bench",
+                "published_at": datetime.now(UTC),
+                "table_versions": [("machine_state", version)],
+                "partition_offsets": [(0, 100 * machines)],
+            }
+        ],
+    )
+    speed = [
+        {
+            **row,
+            "last_cycle": 103,
+            "readings_count": 3,
+            "kafka_partition": 0,
+            "pending_offsets": [100 * machines + 3 * i + k for k in range(3)],
+        }
+        for i, row in enumerate(batch[: machines // 4])
+    ]
+    write("speed_view", speed)
+
+
+def build_model(settings: Settings) -> None:
+    from models.config import TrainConfig
+    from models.network import build_model as lstm
+    from models.network import export_saved_model
+    from prognos.core.registry import FilesystemRegistry
+
+    model = lstm(WINDOW, FEATURES, TrainConfig())
+    registry = FilesystemRegistry(settings.registry)
+    version = registry.register(
+        MODEL,
+        lambda d: export_saved_model(model, d, WINDOW, FEATURES),
+        {"metrics": {"validation": {"rmse": 1.0}}},
+    )
+    registry.promote(MODEL, version)
+
+
+def start_process(args: list[str], env: dict, url: str, log: Path) -> subprocess.Popen:
+    stream = log.open("w")
+    process = subprocess.Popen(args, env=env, stdout=stream, stderr=stream)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{args[-1]} exited; see {log}")
+        try:
+            httpx.get(url, timeout=1)
+            return process
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    process.terminate()
+    raise RuntimeError(f"{args} did not start; see {log}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+async def closed_loop(make_request, total: int, concurrency: int) -> dict:
+    latencies: list[float] = []
+    counter = iter(range(total))
+
+    async def worker(client):
+        for index in counter:
+            started = time.perf_counter()
+            response = await make_request(client, index)
+            latencies.append(time.perf_counter() - started)
+            response.raise_for_status()
+
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=64)) as client:
+        for _ in range(min(20, total)):  # warm up connections and code paths
+            (await make_request(client, 0)).raise_for_status()
+        began = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - began
+    return summary(latencies, elapsed)
+
+
+async def open_loop(make_request, total: int, rate: float) -> dict:
+    latencies: list[float] = []
+
+    async def one(client, index):
+        started = time.perf_counter()
+        response = await make_request(client, index)
+        latencies.append(time.perf_counter() - started)
+        response.raise_for_status()
+
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=64)) as client:
+        for _ in range(20):
+            (await make_request(client, 0)).raise_for_status()
+        began, tasks = time.perf_counter(), []
+        for index in range(total):
+            await asyncio.sleep(max(0.0, began + index / rate - time.perf_counter()))
+            tasks.append(asyncio.create_task(one(client, index)))
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - began
+    return summary(latencies, elapsed)
+
+
+def summary(latencies: list[float], elapsed: float) -> dict:
+    return {
+        "p50_ms": percentile(latencies, 50) * 1000,
+        "p99_ms": percentile(latencies, 99) * 1000,
+        "rps": len(latencies) / elapsed,
+        "requests": len(latencies),
+    }
+
+
+def direct_savedmodel(settings: Settings, total: int, window) -> dict:
+    import tensorflow as tf
+
+    from prognos.core.registry import FilesystemRegistry
+
+    signature = FilesystemRegistry(settings.registry).load(MODEL).signature
+    tensor = tf.constant(window)
+    for _ in range(20):
+        signature(window=tensor)
+    latencies = []
+    began = time.perf_counter()
+    for _ in range(total):
+        started = time.perf_counter()
+        signature(window=tf.constant(window))
+        latencies.append(time.perf_counter() - started)
+    return summary(latencies, time.perf_counter() - began)
+
+
+def main() -> None:
+    args = parse_args(__doc__)
+    result = BenchResult("serving", args.quick)
+    machines, total = (2000, 300) if args.quick else (20000, 3000)
+    window = np.random.default_rng(0).normal(size=(1, WINDOW, FEATURES)).astype(np.float32)
+    body = {"instances": window.tolist()}
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
+        from serving_layer.auth import hash_key
+
+        settings = load_settings(
+            state_dir=Path(tmp),
+            api_port=free_port(),
+            grpc_port=free_port(),
+            api_keys=f"{hash_key(KEY)}:operator:bench",
+        )
+        build_fleet(settings, machines)
+        build_model(settings)
+        env = {**os.environ, **settings_env(settings)}
+        env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+        api = f"http://127.0.0.1:{settings.api_port}"
+        bare_port = free_port()
+        server = start_process(
+            [sys.executable, "-m", "prognos.cli.main", "serve"],
+            env,
+            f"{api}/healthz",
+            Path(tmp) / "serve.log",
+        )
+        bare = start_process(
+            [sys.executable, "-c", BARE_APP, str(bare_port)],
+            env,
+            f"http://127.0.0.1:{bare_port}/const",
+            Path(tmp) / "bare.log",
+        )
+        headers = {"X-API-Key": KEY}
+        ids = [f"m{i:05d}" for i in random.Random(1).sample(range(machines), 200)]
+
+        def query(client, i):
+            return client.get(f"{api}/v1/machines/{ids[i % len(ids)]}", headers=headers)
+
+        def predict(client, i):
+            return client.post(f"{api}/v1/models/{MODEL}:predict", json=body, headers=headers)
+
+        def constant(client, i):
+            return client.get(f"http://127.0.0.1:{bare_port}/const")
+
+        try:
+            for concurrency in (1, 16):
+                for name, request in (
+                    ("query", query),
+                    ("predict", predict),
+                    ("bare_constant", constant),
+                ):
+                    figures = asyncio.run(closed_loop(request, total, concurrency))
+                    target = result.reference if name == "bare_constant" else result.figures
+                    target[f"{name}_c{concurrency}"] = figures
+            result.figures["query_at_200rps"] = asyncio.run(open_loop(query, total, 200))
+            result.reference["bare_constant_at_200rps"] = asyncio.run(
+                open_loop(constant, total, 200)
+            )
+        finally:
+            stop(server)
+            stop(bare)
+        result.reference["direct_savedmodel"] = direct_savedmodel(settings, total, window)
+    result.notes.append(
+        f"{machines} machines (1/4 from the speed view); {total} requests per "
+        "scenario; client is Python httpx (async) on the same machine"
+    )
+    query_p99 = result.figures["query_at_200rps"]["p99_ms"]
+    predict_p99 = result.figures["predict_c1"]["p99_ms"]
+    result.check("merged query p99 ms at 200 rps", query_p99, "<=", 10)
+    result.check("predict p99 ms (concurrency 1)", predict_p99, "<=", 20)
+    result.check(
+        "query p99 / bare constant p99 (both at 200 rps)",
+        query_p99 / result.reference["bare_constant_at_200rps"]["p99_ms"],
+        "<=",
+        2,
+    )
+    direct_p99 = result.reference["direct_savedmodel"]["p99_ms"]
+    bare_p99 = result.reference["bare_constant_c1"]["p99_ms"]
+    result.check(
+        "predict p99 / (direct SavedModel + bare HTTP) p99",
+        predict_p99 / (direct_p99 + bare_p99),
+        "<=",
+        2,
+    )
+    result.finish()
+
+
+if __name__ == "__main__":
+    main()
