@@ -85,28 +85,67 @@ def current_versions(views) -> dict[str, int | None]:
     return versions
 
 
+class PinnedCache:
+    """What was derived from a table at a version; the newest version per table is kept, so
+    a speed-view change does not re-read the batch views, silver or alerts."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[int | None, object]] = {}
+
+    def get(self, name: str, version: int | None, derive: Callable[[], object]):
+        entry = self._entries.get(name)
+        if entry is not None and entry[0] == version:
+            return entry[1]
+        value = derive()
+        self._entries[name] = (version, value)
+        return value
+
+
 def build_snapshot(
-    views, versions: dict[str, int | None], level_of: Callable[[float | None], str]
+    views,
+    versions: dict[str, int | None],
+    level_of: Callable[[float | None], str],
+    cache: PinnedCache | None = None,
 ) -> Snapshot:
-    boundary = None
-    if versions["batch_manifest"] is not None:
-        boundary = latest_boundary(
-            views.read("batch_manifest", versions["batch_manifest"]).to_pylist()
-        )
+    cache = cache or PinnedCache()
     versions = dict(versions)
+    boundary = cache.get(
+        "batch_manifest",
+        versions["batch_manifest"],
+        lambda: _boundary(views, versions["batch_manifest"]),
+    )
     batch_rows: list[dict] = []
     if boundary is not None and "machine_state" in boundary.table_versions:
         versions["machine_state"] = boundary.table_versions["machine_state"]
-        batch_rows = views.read("machine_state", versions["machine_state"]).to_pylist()
+        batch_rows = cache.get(
+            "machine_state",
+            versions["machine_state"],
+            lambda: views.read("machine_state", versions["machine_state"]).to_pylist(),
+        )
     speed_rows = _read_pinned(views, "speed_view", versions).to_pylist()
     offsets = boundary.partition_offsets if boundary is not None else {}
     machines = merge_machine_states(batch_rows, speed_rows, offsets, level_of)
-    history, slices = _index_history(_read_pinned(views, "silver", versions))
+    history, slices = cache.get(
+        "silver",
+        versions["silver"],
+        lambda: _index_history(_read_pinned(views, "silver", versions)),
+    )
     _attach_latest_sensors(machines, history, slices)
     machines = {machine_id: json_ready(state) for machine_id, state in machines.items()}
+    alerts = cache.get("alerts", versions["alerts"], lambda: _sorted_alerts(views, versions))
+    return Snapshot(versions, boundary, machines, _orders(machines), alerts, history, slices)
+
+
+def _boundary(views, version: int | None) -> Boundary | None:
+    if version is None:
+        return None
+    return latest_boundary(views.read("batch_manifest", version).to_pylist())
+
+
+def _sorted_alerts(views, versions: dict) -> list[dict]:
     alerts = _read_pinned(views, "alerts", versions).to_pylist()
     alerts.sort(key=lambda a: (a.get("raised_at") is None, a.get("raised_at")))
-    return Snapshot(versions, boundary, machines, _orders(machines), alerts, history, slices)
+    return alerts
 
 
 def json_ready(value):
@@ -295,6 +334,7 @@ class SnapshotStore:
         self.level_of = level_of
         self.on_swap = on_swap
         self._snapshot = empty_snapshot()
+        self._cache = PinnedCache()
         self.refreshed = False
 
     @property
@@ -307,7 +347,7 @@ class SnapshotStore:
         pinned = {k: v for k, v in self._snapshot.versions.items() if k in versions}
         if self.refreshed and pinned == versions:
             return False
-        snapshot = build_snapshot(self.views, versions, self.level_of)
+        snapshot = build_snapshot(self.views, versions, self.level_of, self._cache)
         self._snapshot = snapshot
         self.refreshed = True
         if self.on_swap is not None:

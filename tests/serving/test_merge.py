@@ -171,3 +171,32 @@ def test_history_alerts_and_summary(tmp_path):
     summary = fleet_summary(snapshot)
     assert summary["machines"] == 7 and summary["by_alert_level"]["red"] == 2
     assert summary["as_of"]["boundary"]["run_id"] == "r"
+
+
+class CountingViews(DeltaViews):
+    """The real delta-rs reader, counting reads per table."""
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.reads: dict[str, int] = {}
+
+    def read(self, name, version=None, columns=None):
+        self.reads[name] = self.reads.get(name, 0) + 1
+        return super().read(name, version, columns)
+
+
+def test_a_speed_change_rereads_only_the_speed_view(tmp_path):
+    settings = lake_settings(tmp_path)
+    publish(
+        settings, "r", write_rows(settings, "machine_state", [state_row("m1", 5, 5, 50.0)]), {0: 5}
+    )
+    write_rows(settings, "silver", [silver_row("m1", c) for c in range(1, 6)])
+    views = CountingViews(settings)
+    store = SnapshotStore(views, levels)
+    store.refresh()
+    before = dict(views.reads)
+    write_rows(settings, "speed_view", [speed_row("m1", 6, [5], 44.0)])
+    assert store.refresh()
+    assert store.current.machines["m1"]["readings_count"] == 6
+    changed = {name for name, count in views.reads.items() if count != before.get(name)}
+    assert changed == {"speed_view"}
