@@ -16,6 +16,7 @@ from serving_layer.predict_format import (
     format_predict_response,
     parse_predict_request,
 )
+from serving_layer.truth import live_errors
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 Reader = Annotated[Principal, Depends(require("reader"))]
@@ -53,7 +54,10 @@ def list_models(request: Request, _: Reader):
 
 @router.get("/{name}", summary="Versions, aliases, metrics and shadow comparison of a model")
 def get_model(name: str, request: Request, _: Reader):
-    return respond(request.app.state.models.describe(name))
+    info = request.app.state.models.describe(name)
+    machines = request.app.state.snapshots.current.machines
+    info["live_error_vs_truth"] = live_errors(machines, request.app.state.truth)
+    return respond(info)
 
 
 @router.post(

@@ -44,3 +44,23 @@ class TruthTable:
             if 0 < unit <= len(finals):
                 ends[unit] = (int(finals[unit - 1]), int(last_cycle))
         return ends
+
+
+def live_errors(machines: dict, truth: TruthTable) -> dict[str, dict]:
+    """Per model version: error of the served RUL against the true RUL, where known."""
+    errors: dict[str, list[float]] = {}
+    for machine_id, state in machines.items():
+        rul = state.get("predicted_rul")
+        actual = truth.true_rul(machine_id, state.get("last_cycle"))
+        if rul is None or actual is None:
+            continue
+        errors.setdefault(str(state.get("model_version")), []).append(rul - actual)
+    return {
+        version: {
+            "machines": len(diffs),
+            "rmse": (sum(d * d for d in diffs) / len(diffs)) ** 0.5,
+            "mae": sum(abs(d) for d in diffs) / len(diffs),
+            "bias": sum(diffs) / len(diffs),
+        }
+        for version, diffs in sorted(errors.items())
+    }

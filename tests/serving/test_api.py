@@ -234,7 +234,15 @@ def test_shadow_scoring_reports_disagreement(served):
         json={"instances": x.tolist()},
     )
     app.state.models.wait_for_shadow()
-    shadow = get(client, f"/v1/models/{MODEL}").json()["shadow"]
+    info = get(client, f"/v1/models/{MODEL}").json()
+    # FD001-test-0001 is served with RUL 10 by model "1"; its true RUL at cycle 31 is 112
+    assert info["live_error_vs_truth"]["1"] == {
+        "machines": 1,
+        "rmse": 102.0,
+        "mae": 102.0,
+        "bias": -102.0,
+    }
+    shadow = info["shadow"]
     assert shadow["challenger_version"] == 2 and shadow["shadow_rows"] >= 4
     assert shadow["mean_abs_disagreement"]["rul"] > 0
     metrics = get(client, "/metrics").text
