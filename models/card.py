@@ -70,6 +70,8 @@ def card_markdown(card: dict) -> str:
     fails = next(value for key, value in test.items() if key.startswith("fails_within_"))
     lines += [
         "",
+        f"{test['count']} test engines; truth capped at the RUL cap like the training target "
+        f"(uncapped RMSE {test.get('rmse_uncapped', float('nan')):.2f}).",
         f"MAE {test['mae']:.2f}. Fails within horizon: precision {fails['precision']:.2f}, "
         f"recall {fails['recall']:.2f}, F1 {fails['f1']:.2f}.",
         "",
