@@ -203,6 +203,12 @@ class _Deliveries:
             self.failed += 1
             self.first_error = self.first_error or str(exception)
 
+    def wait_settled(self, total: int, timeout_s: float) -> None:
+        """Wait until every record has its callback (or the timeout passes)."""
+        deadline = time.monotonic() + timeout_s
+        while self.acked + self.failed < total and time.monotonic() < deadline:
+            time.sleep(0.05)
+
 
 def replay(
     subset: str = "FD001",
@@ -232,7 +238,23 @@ def replay(
         _require_topic(producer, settings.topic_readings)
         return _publish(producer, settings.topic_readings, messages, fleet, rate, progress)
     finally:
-        producer.close(timeout=10)
+        _close_quietly(producer)
+
+
+def _close_quietly(producer) -> None:
+    """Close the producer; undelivered records are already counted as failed."""
+    from kafka.errors import KafkaError
+
+    for attempt in range(3):
+        try:
+            producer.close(timeout=5)
+            return
+        except KafkaError:
+            time.sleep(attempt + 1)
+    # kafka-python can leave a split batch "not done" after MessageSizeTooLarge errors,
+    # so close() keeps failing in flush(): stop its sender thread directly.
+    producer._sender.force_close()
+    producer._closed = True
 
 
 def _require_topic(producer, topic: str) -> None:
@@ -265,10 +287,12 @@ def _publish(producer, topic, messages, fleet, rate, progress) -> ReplaySummary:
         future.add_callback(deliveries.ok).add_errback(deliveries.error)
         if index % 1000 == 999:
             bar.update(1000)
+    flush_error = None
     try:
         producer.flush(timeout=60)
-    except KafkaError as error:
-        deliveries.error(error)
+    except KafkaError as error:  # records not acknowledged by now count as failed below
+        flush_error = str(error)
+        deliveries.wait_settled(total, timeout_s=10)
     bar.update(total - bar.n)
     bar.close()
     failed = total - deliveries.acked
@@ -278,7 +302,7 @@ def _publish(producer, topic, messages, fleet, rate, progress) -> ReplaySummary:
         sent=deliveries.acked,
         failed=failed,
         elapsed_s=time.monotonic() - began,
-        first_error=deliveries.first_error,
+        first_error=deliveries.first_error or flush_error,
     )
 
 

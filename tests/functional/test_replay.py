@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import uuid
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 
@@ -109,3 +110,23 @@ def test_event_failing_the_schema_fails_with_one_line(broker_env, topic):
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: invalid event: source must be")
+
+
+def test_undelivered_events_give_a_non_zero_exit(broker_settings, broker_env):
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    topic = f"replay-tiny-{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=broker_settings.kafka_bootstrap_servers)
+    try:  # the broker rejects every event: records may be at most 100 bytes here
+        admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": "100"})])
+        admin.wait_for_topics([topic])
+    finally:
+        admin.close()
+    result = cli({**broker_env, "PROGNOS_TOPIC_READINGS": topic}, "--machines", "1")
+    assert result.returncode == 1
+    assert "failed 31" in result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("error: 31 of 31 events could not be delivered (first error:")
+    assert "MessageSizeTooLarge" in lines[0]
