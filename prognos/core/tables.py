@@ -464,7 +464,9 @@ def check_schema(df, name: str | TableSpec, allow_evolution: bool = False) -> No
 
 
 def is_delta_table(path: Path) -> bool:
-    return (Path(path) / "_delta_log").is_dir()
+    """True when path holds a Delta log with at least one commit or checkpoint."""
+    log = Path(path) / "_delta_log"
+    return log.is_dir() and (any(log.glob("*.json")) or any(log.glob("*.checkpoint*.parquet")))
 
 
 def _check_location(spec: TableSpec, path: Path) -> None:
@@ -475,6 +477,11 @@ def _check_location(spec: TableSpec, path: Path) -> None:
             f"table {spec.name!r}: {path} holds files but no Delta log (_delta_log); "
             "move them away or point PROGNOS_LAKE_ROOT elsewhere"
         )
+
+
+# (path, spec) pairs whose existing table was checked in this process: Delta itself refuses
+# later schema changes (autoMerge is off), so checking once per process is enough.
+_VERIFIED: set[tuple[str, tuple[Column, ...]]] = set()
 
 
 def create_table(spark, name: str | TableSpec, settings: Settings) -> Path:
@@ -488,8 +495,9 @@ def create_table(spark, name: str | TableSpec, settings: Settings) -> Path:
     path = table_path(spec, settings)
     _check_location(spec, path)
     if is_delta_table(path):
-        existing = spark.read.format("delta").load(str(path))
-        check_schema(existing, spec)
+        if (str(path), spec.columns) not in _VERIFIED:
+            check_schema(spark.read.format("delta").load(str(path)), spec)
+            _VERIFIED.add((str(path), spec.columns))
         return path
     builder = DeltaTable.createIfNotExists(spark).location(str(path)).addColumns(spec.spark_schema)
     if spec.partition_by:
