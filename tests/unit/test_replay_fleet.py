@@ -60,3 +60,16 @@ def test_every_replayed_event_passes_the_schema():
 def test_bad_fleet_sizes_are_rejected(machines, scale):
     with pytest.raises(PrognosError, match="must be >= 1"):
         fleet_frame("FD001", "test", machines=machines, scale=scale)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"rate": 0}, "--rate must be > 0"), ({"cycle_seconds": -1}, "--cycle-seconds must be > 0")],
+)
+def test_bad_pacing_is_rejected_before_connecting(options, message):
+    from prognos.core.replay import replay
+    from prognos.core.settings import load_settings
+
+    unreachable = load_settings(kafka_bootstrap_servers="127.0.0.1:1")
+    with pytest.raises(PrognosError, match=message):
+        replay("FD001", "test", settings=unreachable, **options)
