@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 
 from prognos.core.data import load_cmapss
 from tests.functional.kafka_helpers import read_all
 
 
 def test_run_brings_the_stack_up_and_replays_the_test_fleet(broker_settings, broker_env):
-    topic = "run-readings"  # created by the run's `stack up` step, like sensor-readings
+    topic = f"run-readings-{uuid.uuid4().hex[:8]}"  # created by the run's `stack up` step
     env = {**broker_env, "PROGNOS_TOPIC_READINGS": topic}
     result = subprocess.run(
         [sys.executable, "-m", "prognos.cli.main", "run"],
