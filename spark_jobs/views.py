@@ -2,8 +2,9 @@
 
 The manifest names exactly what the views cover: per Kafka partition the next offset
 after the last bronze record handled (kept in silver or quarantined), the max event time,
-the Delta versions of the input tables, the model version used (null when the registry
-holds no champion: predicted RUL is then null too) and the run id.
+the Delta versions of the input tables, the model version used and the run id.
+Batch scoring is not wired yet: predicted RUL and model version are null (the registry's
+champion, if any, is recorded in the manifest details).
 """
 
 from __future__ import annotations
@@ -13,15 +14,6 @@ import json
 from prognos.core import lake
 from prognos.core.settings import Settings, get_settings
 from prognos.core.tables import get_table, is_delta_table, table_path
-
-
-def alert_level(rul, settings: Settings) -> str | None:
-    """red / amber / green by predicted RUL (None when there is no prediction)."""
-    if rul is None:
-        return None
-    if rul <= settings.alert_red_rul:
-        return "red"
-    return "amber" if rul <= settings.alert_amber_rul else "green"
 
 
 def machine_state(silver, run_id: str, model_version: str | None):
@@ -105,13 +97,16 @@ def build(spark, settings: Settings, run_id: str, logical_date) -> dict:
     if versions.get("silver") is None:
         return {"published": False, "reason": "silver is empty"}
     silver = lake.read_table(spark, "silver", settings, version=versions["silver"])
-    model_version = champion_version(settings)
+    # Batch scoring with the champion is not wired yet: views carry no prediction and
+    # name no model; the champion found (if any) is recorded for lineage.
+    model_version = None
     state = machine_state(silver, run_id, model_version).persist()
     summary = fleet_summary(spark, state, run_id, logical_date, settings)
     max_event_time = summary.collect()[0]["max_event_time"]
     details = {
         "input_versions": versions,
         "model_version": model_version,
+        "registry_champion": champion_version(settings),
         "logical_date": str(logical_date),
     }
     manifest = {

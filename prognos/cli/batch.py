@@ -1,5 +1,6 @@
-"""`prognos batch <job> [args]`: run a batch-layer Spark job through spark-submit,
-and `prognos batch airflow-init`: prepare Airflow's home and database for the DAGs."""
+"""`prognos batch <job> [args]`: run a batch-layer Spark job through spark-submit;
+`prognos batch airflow-init` prepares Airflow's home and database for the DAGs and
+`prognos batch airflow <args>` runs the airflow command in that environment."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ JOBS = ("bronze_ingest", "silver", "gold", "views", "expire_speed", "maintenance
     "batch",
     context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
 )
-@click.argument("job", type=click.Choice([*JOBS, "airflow-init"]))
+@click.argument("job", type=click.Choice([*JOBS, "airflow-init", "airflow"]))
 @click.argument("job_args", nargs=-1, type=click.UNPROCESSED)
 def batch_command(job: str, job_args: tuple[str, ...]) -> None:
     """Run a batch job (spark-submit spark_jobs/<job>.py JOB_ARGS...); exit with its code."""
@@ -28,6 +29,9 @@ def batch_command(job: str, job_args: tuple[str, ...]) -> None:
     if job == "airflow-init":
         click.echo(f"airflow home: {ensure_airflow_db(settings, env)}")
         return
+    if job == "airflow":
+        ensure_airflow_db(settings, env)
+        sys.exit(subprocess.run(["airflow", *job_args], env=env).returncode)
     application = PROJECT_ROOT / "spark_jobs" / f"{job}.py"
     command = ["spark-submit", "--master", settings.spark_master, str(application), *job_args]
     sys.exit(subprocess.run(command, env=env).returncode)
