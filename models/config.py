@@ -28,10 +28,10 @@ class TrainConfig:
     dropout: float = 0.2
     patience: int = 15
     lr_patience: int = 5
-    validation_share: float = 0.2
+    validation_share: float = 0.15
     seed: int = 42
     machines: int | None = None  # train on the first N training machines (tiny runs)
-    fail_loss_weight: float = 0.2
+    fail_loss_weight: float = 0.05
     feature: FeatureConfig = field(default_factory=FeatureConfig)
     input_columns: tuple[str, ...] = ()
 
