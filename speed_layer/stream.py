@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from prognos.core import boundary, lake
 from prognos.core.settings import Settings, get_settings
 from prognos.core.tables import create_table, get_table, table_path
@@ -83,6 +85,7 @@ class BatchWriter:
         self.checkpoint = checkpoint
         self.metrics = metrics
         self._app_id: str | None = None
+        self._kafka = None
 
     @property
     def app_id(self) -> str:
@@ -94,23 +97,24 @@ class BatchWriter:
 
     def __call__(self, batch_df, batch_id: int) -> None:
         started = time.monotonic()
-        spark = batch_df.sparkSession
         if self._already_written(batch_id):
             return
-        batch = batch_df.persist()
-        try:
-            counts = {kind: 0 for kind in ("dead", "late", "view", "alert")}
-            for row in batch.groupBy("kind").count().collect():
-                counts[row["kind"]] = row["count"]
-            if counts["dead"]:
-                self._send_dead_letters(batch.where("kind = 'dead'"))
-            if counts["late"]:
-                self._write_late(batch.where("kind = 'late'"), batch_id)
-            if counts["alert"]:
-                self._write_alerts(batch.where("kind = 'alert'"), batch_id)
-            max_event_time = self._merge_views(spark, batch.where("kind = 'view'"), batch_id)
-        finally:
-            batch.unpersist()
+        # The state output is small (one row per machine touched, plus bad/late records):
+        # collect it once instead of recomputing it for every write.
+        frame = batch_df.toPandas()
+        counts = frame["kind"].value_counts().to_dict()
+        spark = batch_df.sparkSession
+        kinds = {kind: frame[frame["kind"] == kind] for kind in ("dead", "late", "alert", "view")}
+        if len(kinds["dead"]):
+            self._send_dead_letters(kinds["dead"])
+        if len(kinds["late"]):
+            self._write_late(spark, kinds["late"], batch_id)
+        if len(kinds["alert"]):
+            self._write_alerts(spark, kinds["alert"], batch_id)
+        max_event_time = None
+        if len(kinds["view"]):
+            max_event_time = kinds["view"]["event_time"].max()
+            self._merge_views(spark, kinds["view"], batch_id)
         if self.metrics is not None:
             self.metrics.batch_written(counts, max_event_time, time.monotonic() - started)
 
@@ -124,120 +128,85 @@ class BatchWriter:
         done = DeltaTable(str(path)).transaction_version(self.app_id)
         return done is not None and done >= batch_id
 
-    def _send_dead_letters(self, dead) -> None:
-        from pyspark.sql import functions as F
+    def _producer(self):
+        if self._kafka is None:
+            from kafka import KafkaProducer
 
-        header = F.struct(F.lit("reason").alias("key"), F.encode("reason", "UTF-8").alias("value"))
-        coordinates = F.concat_ws(
-            ":", F.lit(self.settings.topic_readings), "kafka_partition", "kafka_offset"
-        )
-        source = F.struct(
-            F.lit("source").alias("key"), F.encode(coordinates, "UTF-8").alias("value")
-        )
-        (
-            dead.select(
-                F.encode(coordinates, "UTF-8").alias("key"),
-                "value",
-                F.array(header, source).alias("headers"),
+            self._kafka = KafkaProducer(
+                bootstrap_servers=self.settings.kafka_bootstrap_servers, acks="all", retries=5
             )
-            .write.format("kafka")
-            .option("kafka.bootstrap.servers", self.settings.kafka_bootstrap_servers)
-            .option("topic", self.settings.topic_dead_letter)
-            .save()
-        )
+        return self._kafka
 
-    def _write_late(self, late, batch_id: int) -> None:
-        from pyspark.sql import functions as F
+    def _send_dead_letters(self, dead) -> None:
+        """Each bad record, unchanged, with its reason and source coordinates as headers;
+        keyed by its coordinates so a resend after a crash is recognisable."""
+        producer = self._producer()
+        for row in dead.itertuples(index=False):
+            source = f"{self.settings.topic_readings}:{row.kafka_partition}:{row.kafka_offset}"
+            producer.send(
+                self.settings.topic_dead_letter,
+                key=source.encode(),
+                value=row.value,
+                headers=[("reason", str(row.reason).encode()), ("source", source.encode())],
+            )
+        producer.flush(60)
 
-        rows = late.select(
-            "machine_id",
-            "cycle",
-            "event_time",
-            "value",
-            "kafka_partition",
-            "kafka_offset",
-            "watermark",
-            F.current_timestamp().alias("recorded_at"),
-        )
+    def _write_late(self, spark, late, batch_id: int) -> None:
+        rows = late.assign(recorded_at=pd.Timestamp.now(tz="UTC"))
+        frame = _spark_frame(spark, rows, "late_rows")
         _retrying(
             lambda: lake.idempotent_append(
-                rows, batch_id, "late_rows", self.settings, f"{self.app_id}-late"
+                frame, batch_id, "late_rows", self.settings, f"{self.app_id}-late"
             )
         )
 
-    def _write_alerts(self, alerts, batch_id: int) -> None:
-        from pyspark.sql import functions as F
-
-        rows = alerts.select(
-            "alert_id",
-            "machine_id",
-            "cycle",
-            "event_time",
-            "predicted_rul",
-            "threshold",
-            "model_version",
-            F.current_timestamp().alias("raised_at"),
-            "alert_level",
-            "previous_level",
-        ).persist()
-        message = F.to_json(F.struct(*[F.col(c) for c in rows.columns]))
-        (
-            rows.select(F.encode("alert_id", "UTF-8").alias("key"), message.alias("value"))
-            .write.format("kafka")
-            .option("kafka.bootstrap.servers", self.settings.kafka_bootstrap_servers)
-            .option("topic", self.settings.topic_alerts)
-            .save()
-        )
+    def _write_alerts(self, spark, alerts, batch_id: int) -> None:
+        rows = alerts.assign(raised_at=pd.Timestamp.now(tz="UTC"))
+        columns = get_table("alerts").column_names
+        producer = self._producer()
+        for record in rows[columns].to_dict("records"):
+            message = json.dumps(record, default=str, sort_keys=True).encode()
+            producer.send(
+                self.settings.topic_alerts, key=record["alert_id"].encode(), value=message
+            )
+        producer.flush(60)
+        frame = _spark_frame(spark, rows, "alerts")
         _retrying(
             lambda: lake.idempotent_merge(
-                rows, batch_id, "alerts", self.settings, f"{self.app_id}-alerts", update=False
+                frame, batch_id, "alerts", self.settings, f"{self.app_id}-alerts", update=False
             )
         )
-        rows.unpersist()
 
-    def _merge_views(self, spark, views, batch_id: int):
-        """Merge machine rows into speed_view (rows the manifest covers are deleted);
-        always commits, so the table records the batch id. Returns the max event time."""
+    def _merge_views(self, spark, views, batch_id: int) -> None:
+        """Merge machine rows into speed_view; rows whose readings the newest manifest
+        covers entirely delete the machine's row (the batch view answers for it)."""
         from delta.tables import DeltaTable
-        from pyspark.sql import functions as F
 
         covered = boundary.manifest_offsets(self.settings)
-        floor = (
-            F.create_map(*[F.lit(x) for pair in covered.items() for x in pair])[
-                F.col("kafka_partition")
-            ]
-            if covered
-            else F.lit(None)
+        pending = [
+            boundary.uncovered(offsets, partition, covered)
+            for offsets, partition in zip(
+                views["pending_offsets"], views["kafka_partition"], strict=True
+            )
+        ]
+        rows = views.assign(
+            last_cycle=views["cycle"],
+            last_event_time=views["event_time"],
+            pending_offsets=pending,
+            readings_count=[len(p) for p in pending],
+            batch_id=batch_id,
+            updated_at=pd.Timestamp.now(tz="UTC"),
+            sensors=views["sensors_json"].map(_json_map),
+            features=views["features_json"].map(_json_map),
         )
-        pending = F.filter(
-            "pending_offsets", lambda offset: offset >= F.coalesce(floor, F.lit(0).cast("long"))
-        )
-        features_type = "map<string,double>"
-        rows = views.select(
-            "machine_id",
-            F.col("cycle").alias("last_cycle"),
-            F.col("event_time").alias("last_event_time"),
-            F.size(pending).cast("long").alias("readings_count"),
-            "predicted_rul",
-            "model_version",
-            F.lit(batch_id).cast("long").alias("batch_id"),
-            F.current_timestamp().alias("updated_at"),
-            "alert_level",
-            F.from_json("sensors_json", features_type).alias("sensors"),
-            F.from_json("features_json", features_type).alias("features"),
-            "kafka_partition",
-            "kafka_offset",
-            pending.alias("pending_offsets"),
-        )
-        max_event_time = rows.agg(F.max("last_event_time")).collect()[0][0]
-        create_table(spark, "speed_view", self.settings)
+        source = _spark_frame(spark, rows, "speed_view")
         target = DeltaTable.forPath(spark, str(table_path("speed_view", self.settings)))
         columns = get_table("speed_view").column_names
 
         def merge() -> None:
             (
                 target.alias("t")
-                .merge(rows.alias("s"), "t.machine_id = s.machine_id")
+                .merge(source.alias("s"), "t.machine_id = s.machine_id")
                 .whenMatchedDelete("size(s.pending_offsets) = 0")
                 .whenMatchedUpdate(set={c: f"s.`{c}`" for c in columns})
                 .whenNotMatchedInsert(
@@ -247,7 +216,37 @@ class BatchWriter:
             )
 
         _retrying(lambda: lake.with_idempotent_txn(spark, self.app_id, batch_id, merge))
-        return max_event_time
+
+
+def _json_map(text):
+    return None if text is None or (isinstance(text, float) and pd.isna(text)) else json.loads(text)
+
+
+def _spark_frame(spark, rows, table_name: str):
+    """A Spark DataFrame of a catalog table's columns from a pandas frame."""
+    spec = get_table(table_name)
+    records = [
+        {c.name: _plain(record[c.name], c.type) for c in spec.columns}
+        for record in rows.to_dict("records")
+    ]
+    return spark.createDataFrame(records, schema=spec.spark_schema)
+
+
+def _plain(value, type_name: str):
+    """A pandas/numpy value as the Python value Spark expects for the column type."""
+    if value is None or (not isinstance(value, list | dict | bytes | bytearray) and pd.isna(value)):
+        return None
+    if type_name in ("int", "long"):
+        return int(value)
+    if type_name == "double":
+        return float(value)
+    if type_name == "timestamp":
+        return pd.Timestamp(value).to_pydatetime()
+    if type_name == "array<long>":
+        return [int(v) for v in value]
+    if type_name == "binary":
+        return bytes(value)
+    return value
 
 
 def _retrying(action, attempts: int = CONCURRENT_RETRIES) -> None:

@@ -96,11 +96,11 @@ def send(settings, messages: list[tuple[bytes | None, bytes | None]], partition=
         producer.close(5)
 
 
-def wait_until(condition, timeout_s: float = 120.0, interval_s: float = 0.5):
+def wait_until(condition, timeout_s: float = 300.0, interval_s: float = 0.5):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = condition()
-        if value:
+        if value is not None if hasattr(value, "columns") else bool(value):
             return value
         time.sleep(interval_s)
     raise AssertionError(f"condition not met within {timeout_s} s")
