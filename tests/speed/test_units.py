@@ -1,0 +1,66 @@
+"""Fast checks of the speed layer's pure parts: alert levels, boundary, windows, metrics."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+from prometheus_client import generate_latest
+
+from prognos.core import alerting
+from prognos.core.boundary import uncovered
+from prognos.core.scoring import model_window
+from speed_layer.metrics import SpeedMetrics
+from tests.conftest import make_settings
+
+
+def test_alert_levels_follow_the_configured_thresholds(tmp_path):
+    settings = make_settings(tmp_path, alert_red_rul=10, alert_amber_rul=20)
+    assert alerting.alert_level(5.0, settings) == "red"
+    assert alerting.alert_level(10.0, settings) == "red"
+    assert alerting.alert_level(15.0, settings) == "amber"
+    assert alerting.alert_level(50.0, settings) == "green"
+    assert alerting.alert_level(None, settings) == "unknown"
+    assert alerting.alert_level(float("nan"), settings) == "unknown"
+
+
+def test_an_alert_is_raised_only_when_the_level_rises():
+    assert alerting.rises(None, "amber") and alerting.rises("green", "red")
+    assert alerting.rises("amber", "red")
+    assert not alerting.rises("red", "red") and not alerting.rises("red", "amber")
+    assert not alerting.rises("amber", "green") and not alerting.rises(None, "green")
+    assert alerting.alert_id("m", 3, "red") == alerting.alert_id("m", 3, "red")
+    assert alerting.alert_id("m", 3, "red") != alerting.alert_id("m", 4, "red")
+
+
+def test_boundary_keeps_only_offsets_the_manifest_does_not_cover():
+    assert uncovered([5, 1, 9], 0, {0: 6}) == [9]
+    assert uncovered([5, 1, 9], 1, {0: 6}) == [1, 5, 9]
+    assert uncovered([5], 0, {0: 5}) == [5]  # the manifest's offset is the next one to read
+
+
+def test_model_window_pads_short_histories_with_their_first_row():
+    frame = pd.DataFrame({"cycle": [2, 1, 3], "a": [20.0, 10.0, 30.0]})
+    window = model_window(frame, ["a"], 5)
+    assert window.shape == (1, 5, 1)
+    assert window[0, :, 0].tolist() == [10.0, 10.0, 10.0, 20.0, 30.0]
+    assert model_window(frame, ["a"], 2)[0, :, 0].tolist() == [20.0, 30.0]
+
+
+def test_metrics_count_routed_records_and_lag():
+    metrics = SpeedMetrics()
+    newest = datetime.now(UTC) - timedelta(seconds=30)
+    metrics.batch_written({"dead": 2, "late": 1, "view": 3, "alert": 1}, newest, 0.5)
+    text = generate_latest(metrics.registry).decode()
+    assert 'prognos_speed_records_total{kind="dead"} 2.0' in text
+    assert 'prognos_speed_records_total{kind="late"} 1.0' in text
+    assert 'prognos_speed_records_total{kind="alert"} 1.0' in text
+    assert "prognos_speed_write_duration_seconds 0.5" in text
+    lag = float(
+        next(x for x in text.splitlines() if x.startswith("prognos_speed_processing_lag")).split()[
+            1
+        ]
+    )
+    assert 29 <= lag < 600
+    assert np.isfinite(lag)
