@@ -496,10 +496,10 @@ def cleanup_checkpoints(root: Path, keep_latest: int = 10) -> list[Path]:
     """In every streaming checkpoint under root, delete offsets/commits log entries older
     than the newest keep_latest batches; return the removed files.
 
-    Spark restarts from the newest entries, so those are always kept (keep_latest >= 1).
+    A restart reads the newest batch and the one before it, so keep_latest is at least 2.
     """
-    if keep_latest < 1:
-        raise ValueError("keep_latest must be at least 1")
+    if keep_latest < 2:
+        raise ValueError("keep_latest must be at least 2 (a restart reads the last two batches)")
     removed: list[Path] = []
     for offsets_dir in sorted(Path(root).rglob("offsets")):
         checkpoint = offsets_dir.parent
