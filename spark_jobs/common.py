@@ -26,6 +26,12 @@ def run_id_of(args) -> str:
     return f"manual__{logical_date_of(args).isoformat()}"
 
 
+def interval_id_of(args) -> str:
+    """Names the interval a run covers; what view rows carry, so a rerun of the same
+    logical date writes identical contents (Airflow gives each rerun a new run id)."""
+    return f"batch__{logical_date_of(args).isoformat()}"
+
+
 def logical_date_of(args) -> datetime:
     if not args.logical_date:
         return datetime.now(UTC).replace(microsecond=0)

@@ -92,7 +92,10 @@ def champion_version(settings: Settings) -> str | None:
         return None
 
 
-def build(spark, settings: Settings, run_id: str, logical_date) -> dict:
+def build(
+    spark, settings: Settings, run_id: str, logical_date, airflow_run_id: str | None = None
+) -> dict:
+    """Build and publish the views; run_id names the interval (the same on a rerun)."""
     versions = _input_versions(spark, settings)
     if versions.get("silver") is None:
         return {"published": False, "reason": "silver is empty"}
@@ -108,6 +111,7 @@ def build(spark, settings: Settings, run_id: str, logical_date) -> dict:
         "model_version": model_version,
         "registry_champion": champion_version(settings),
         "logical_date": str(logical_date),
+        "airflow_run_id": airflow_run_id,
     }
     manifest = {
         "run_id": run_id,
@@ -137,10 +141,9 @@ def main(argv=None) -> None:
     args = common.job_parser(__doc__.splitlines()[0]).parse_args(argv)
     settings = get_settings()
     spark = common.session("views", settings)
-    run_id = common.run_id_of(args)
-    common.report(
-        {"run_id": run_id, **build(spark, settings, run_id, common.logical_date_of(args))}
-    )
+    interval = common.interval_id_of(args)
+    built = build(spark, settings, interval, common.logical_date_of(args), common.run_id_of(args))
+    common.report({"run_id": common.run_id_of(args), **built})
 
 
 if __name__ == "__main__":
