@@ -26,12 +26,16 @@ def build_model(window: int, n_features: int, config) -> keras.Model:
     """Stacked LSTM -> dense -> {"rul": cycles (0..cap), "fail_prob": probability}."""
     inputs = keras.Input(shape=(window, n_features), name=INPUT_NAME)
     hidden = inputs
+    if config.input_noise > 0:
+        hidden = keras.layers.GaussianNoise(config.input_noise, name="input_noise")(hidden)
     for index, units in enumerate(config.lstm_units):
         last = index == len(config.lstm_units) - 1
         hidden = keras.layers.LSTM(units, return_sequences=not last, name=f"lstm_{index}")(hidden)
         hidden = keras.layers.Dropout(config.dropout, name=f"dropout_{index}")(hidden)
     hidden = keras.layers.Dense(config.dense_units, activation="relu", name="dense")(hidden)
     scaled = keras.layers.Dense(1, name="rul_scaled")(hidden)
+    if config.clip_output:
+        scaled = keras.layers.ReLU(max_value=1.0, name="rul_bounded")(scaled)
     rul = keras.layers.Rescaling(float(config.feature.rul_cap), name="rul")(scaled)
     fail_prob = keras.layers.Dense(1, activation="sigmoid", name="fail_prob")(hidden)
     model = keras.Model(inputs, {"rul": rul, "fail_prob": fail_prob}, name="prognos_lstm")
