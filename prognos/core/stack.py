@@ -104,9 +104,14 @@ def _format_storage_once(settings: Settings, config: Path) -> None:
 
 
 def _cluster_id() -> str:
+    """A random KRaft cluster id; never starting with '-', which the tool would read as
+    an option (Kafka's own Uuid.randomUuid avoids it the same way)."""
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _pid_alive(pid: int) -> bool:
