@@ -207,13 +207,19 @@ def test_promotion_switches_scoring_within_few_batches_and_alerts_once(
     row = replayed[1][-1]
     first_batch = query.lastProgress["batchId"]
     cycle = row["cycle"] + 1
-    S.send(speed_settings, [(name.encode(), S.event_bytes(name, cycle, row))])
+    later = S.START + timedelta(hours=6)  # ahead of every event so far: not late
+
+    def message(cycle_number: int):
+        at = later + timedelta(minutes=cycle_number)
+        return (name.encode(), S.event_bytes(name, cycle_number, row, at))
+
+    S.send(speed_settings, [message(cycle)])
     view = S.wait_until(
-        lambda: _version(speed_view(speed_settings), name, str(versions[1])), timeout_s=120
+        lambda: _version(speed_view(speed_settings), name, str(versions[1])), timeout_s=300
     )
     assert query.lastProgress["batchId"] - first_batch <= 5
     assert view.loc[name, "alert_level"] == "red"
-    S.send(speed_settings, [(name.encode(), S.event_bytes(name, cycle + 1, row))])
+    S.send(speed_settings, [message(cycle + 1)])
     S.wait_until(lambda: speed_view(speed_settings).loc[name, "last_cycle"] == cycle + 1)
     alerts = table(speed_settings, "alerts")
     mine = alerts[alerts.machine_id == name]
@@ -253,8 +259,9 @@ def test_manifest_expires_covered_rows_and_trims_partial_ones(spark, speed_setti
     floor = offsets[len(offsets) // 2]
     boundary = {0: 0, 1: 0}
     for machine, row in view.iterrows():
-        if machine != keep and int(row["kafka_partition"]) != partition:
-            boundary[int(row["kafka_partition"])] = int(max(row["pending_offsets"])) + 1
+        other = int(row["kafka_partition"])
+        if machine != keep and other != partition:
+            boundary[other] = max(boundary[other], int(max(row["pending_offsets"])) + 1)
     boundary[partition] = floor
     result = expire_speed_view(spark, speed_settings, boundary)
     after = speed_view(speed_settings)
