@@ -14,6 +14,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from prognos.core.errors import PrognosError
 from serving_layer.models import ModelNotFoundError, Servable
 
 SIGNATURE = "serving_default"
@@ -97,10 +98,16 @@ def signature_def(servable: Servable) -> meta_graph_pb2.SignatureDef:
 
 
 def start_grpc_server(models, port: int, workers: int = 4) -> grpc.Server:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
+    # no SO_REUSEPORT: a second server on a taken port must fail, not share it
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers), options=[("grpc.so_reuseport", 0)]
+    )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionService(models), server
     )
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    try:
+        server.add_insecure_port(f"127.0.0.1:{port}")
+    except RuntimeError:
+        raise PrognosError(f"gRPC port 127.0.0.1:{port} is taken (set PROGNOS_GRPC_PORT)") from None
     server.start()
     return server

@@ -60,6 +60,35 @@ def get_model(name: str, request: Request, _: Reader):
     return respond(info)
 
 
+@router.get("/{name}/metadata", summary="Signature of the champion (TF Serving REST metadata)")
+def get_metadata(name: str, request: Request, _: Reader):
+    return respond(_metadata(request.app.state.models.resolve(name)))
+
+
+@router.get(
+    "/{name}/versions/{version}/metadata",
+    summary="Signature of one version (TF Serving REST metadata)",
+)
+def get_version_metadata(name: str, version: int, request: Request, _: Reader):
+    return respond(_metadata(request.app.state.models.resolve(name, version)))
+
+
+def _metadata(servable) -> dict:
+    from google.protobuf import json_format
+
+    from serving_layer.grpc_service import signature_def
+
+    signature = json_format.MessageToDict(signature_def(servable))
+    return {
+        "model_spec": {
+            "name": servable.name,
+            "signature_name": "",
+            "version": str(servable.version),
+        },
+        "metadata": {"signature_def": {"signature_def": {"serving_default": signature}}},
+    }
+
+
 @router.post(
     "/{name}:predict",
     summary="Predict with the champion (TF Serving REST)",

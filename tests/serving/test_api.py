@@ -310,6 +310,8 @@ ROUTES = [
     ("GET", "/v1/models", None, "reader"),
     ("GET", f"/v1/models/{MODEL}", None, "reader"),
     ("GET", "/metrics", None, "reader"),
+    ("GET", f"/v1/models/{MODEL}/metadata", None, "reader"),
+    ("GET", f"/v1/models/{MODEL}/versions/2/metadata", None, "reader"),
     ("POST", f"/v1/models/{MODEL}:predict", {"instances": [[[0.0] * 3] * 4]}, "operator"),
     ("POST", f"/v1/models/{MODEL}/versions/1:predict", {"inputs": [[[0.0] * 3] * 4]}, "operator"),
     (
@@ -361,3 +363,31 @@ def test_bearer_header_and_open_routes(served):
     assert client.get("/v1/fleet/summary", headers=bearer).status_code == 200
     for path in ("/healthz", "/readyz", "/openapi.json", "/dashboard"):
         assert client.get(path).status_code == 200, path
+
+
+def test_rest_metadata_has_the_signature(served):
+    client, *_ = served
+    body = get(client, f"/v1/models/{MODEL}/versions/2/metadata").json()
+    assert body["model_spec"]["version"] == "2"
+    signature = body["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert set(signature["inputs"]) == {"window"} and set(signature["outputs"]) == {
+        "rul",
+        "fail_prob",
+    }
+    assert get(client, "/v1/models/nope/metadata").status_code == 404
+
+
+def test_grpc_port_taken_is_a_clear_error(served):
+    import socket
+
+    from prognos.core.errors import PrognosError
+    from serving_layer.grpc_service import start_grpc_server
+
+    _, app, settings, _ = served
+    with pytest.raises(PrognosError, match=r"gRPC port .* is taken"):
+        start_grpc_server(app.state.models, settings.grpc_port)  # the served app holds it
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        with pytest.raises(PrognosError, match="is taken"):
+            start_grpc_server(app.state.models, holder.getsockname()[1])
