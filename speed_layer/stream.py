@@ -97,11 +97,13 @@ class BatchWriter:
 
     def __call__(self, batch_df, batch_id: int) -> None:
         started = time.monotonic()
+        # The state output is small (one row per machine touched, plus bad/late records):
+        # collect it once instead of recomputing it for every write. Always collected, also
+        # for a batch already written: Spark requires the state stores of every batch to
+        # commit, which needs the whole DataFrame processed.
+        frame = batch_df.toPandas()
         if self._already_written(batch_id):
             return
-        # The state output is small (one row per machine touched, plus bad/late records):
-        # collect it once instead of recomputing it for every write.
-        frame = batch_df.toPandas()
         counts = frame["kind"].value_counts().to_dict()
         spark = batch_df.sparkSession
         kinds = {kind: frame[frame["kind"] == kind] for kind in ("dead", "late", "alert", "view")}
