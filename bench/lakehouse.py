@@ -151,18 +151,20 @@ def steady_latency(spark, settings, topic: str, seconds: float) -> dict:
         producer.flush(30)
         producer.close()
 
-    feeder = threading.Thread(target=feed, daemon=True)
-    feeder.start()
     source = lake.to_bronze(lake.kafka_stream(spark, settings, topic, starting_offsets="latest"))
     query = lake.append_stream_to_delta(
         source, "bronze", settings, trigger="processingTime=0 seconds", query_name="latency"
     )
+    feeder = threading.Thread(target=feed, daemon=True)
     try:
+        lake.wait_for(lambda: query.lastProgress is not None, timeout_s=300)
+        feeder.start()
         time.sleep(seconds)
     finally:
         stop.set()
         query.stop()
-        feeder.join(30)
+        if feeder.is_alive():
+            feeder.join(30)
     durations = [
         p["durationMs"]["triggerExecution"] / 1000
         for p in query.recentProgress
@@ -198,9 +200,32 @@ def run(result: BenchResult, events: int, latency_s: float, workdir: Path) -> No
         spark = get_spark("prognos-bench-lakehouse", settings)
         for sink in ("delta", "parquet"):  # JIT and session warm-up
             ingest(spark, settings, warm, sink, workdir / f"warm-{sink}", f"warm-{sink}")
-        delta_path = workdir / "bronze-delta"
-        delta_s = ingest(spark, settings, topic, "delta", delta_path, "delta")
-        parquet_s = ingest(spark, settings, topic, "parquet", workdir / "bronze-parquet", "pq")
+        delta_path = workdir / "bronze-delta-0"
+        delta_runs, parquet_runs = [], []
+        for run_number in range(2):  # alternated, best of two: less noise on busy cores
+            delta_runs.append(
+                ingest(
+                    spark,
+                    settings,
+                    topic,
+                    "delta",
+                    workdir / f"bronze-delta-{run_number}",
+                    f"d{run_number}",
+                )
+            )
+            parquet_runs.append(
+                ingest(
+                    spark,
+                    settings,
+                    topic,
+                    "parquet",
+                    workdir / f"bronze-parquet-{run_number}",
+                    f"p{run_number}",
+                )
+            )
+        delta_s, parquet_s = min(delta_runs), min(parquet_runs)
+        result.figures["delta_ingest_runs_s"] = [round(x, 2) for x in delta_runs]
+        result.reference["parquet_ingest_runs_s"] = [round(x, 2) for x in parquet_runs]
         result.figures["events"] = events
         result.figures["kafka_to_delta_rows_per_s"] = round(events / delta_s, 1)
         result.reference["kafka_to_parquet_rows_per_s"] = round(events / parquet_s, 1)
@@ -221,7 +246,7 @@ def main() -> None:
     events = 50_000 if args.quick else 1_000_000
     workdir = Path(tempfile.mkdtemp(prefix="prognos-bench-lakehouse-"))
     try:
-        run(result, events, 20.0 if args.quick else 60.0, workdir)
+        run(result, events, 30.0 if args.quick else 60.0, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     result.notes.append(

@@ -150,7 +150,12 @@ def await_query(query, settings: Settings | None = None, timeout_s: float = 600.
 
     A failure caused by an unreachable broker becomes BrokerUnavailableError.
     """
-    finished = query.awaitTermination(timeout_s)
+    from pyspark.errors import StreamingQueryException
+
+    try:
+        finished = query.awaitTermination(timeout_s)
+    except StreamingQueryException as error:
+        raise _query_error(query, settings, str(error)) from None
     if not finished:
         query.stop()
         raise StreamFailedError(
@@ -158,18 +163,19 @@ def await_query(query, settings: Settings | None = None, timeout_s: float = 600.
             f"within {timeout_s:.0f} s and was stopped"
         )
     error = query.exception()
-    if error is None:
-        return
-    message = str(error)
+    if error is not None:
+        raise _query_error(query, settings, str(error))
+
+
+def _query_error(query, settings: Settings | None, message: str) -> PrognosError:
+    name = query.name or query.id
     if any(marker in message for marker in BROKER_ERROR_MARKERS):
         servers = settings.kafka_bootstrap_servers if settings else "the configured brokers"
-        raise BrokerUnavailableError(
-            f"Kafka broker at {servers} unreachable: streaming query "
-            f"{query.name or query.id} failed ({_first_line(message)})"
+        return BrokerUnavailableError(
+            f"Kafka broker at {servers} unreachable: streaming query {name} failed "
+            f"({_first_line(message)})"
         )
-    raise StreamFailedError(
-        f"streaming query {query.name or query.id} failed: {_first_line(message)}"
-    )
+    return StreamFailedError(f"streaming query {name} failed: {_first_line(message)}")
 
 
 def _first_line(message: str) -> str:
