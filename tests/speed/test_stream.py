@@ -34,12 +34,24 @@ def versions(speed_settings):
 
 
 @pytest.fixture(scope="module")
-def query(spark, speed_settings, versions):
+def metrics(spark):
+    """The speed layer's metrics, fed by a real listener on the session (no HTTP port)."""
+    from speed_layer.metrics import SpeedMetrics
+
+    collected = SpeedMetrics()
+    listener = collected.listener()
+    spark.streams.addListener(listener)
+    yield collected
+    spark.streams.removeListener(listener)
+
+
+@pytest.fixture(scope="module")
+def query(spark, speed_settings, versions, metrics):
     from speed_layer.stream import build_query
 
     previous = spark.conf.get("spark.sql.shuffle.partitions")
     spark.conf.set("spark.sql.shuffle.partitions", "2")  # 2 cores: 2 state partitions
-    running = build_query(spark, speed_settings)
+    running = build_query(spark, speed_settings, metrics=metrics)
     yield running
     running.stop()
     spark.conf.set("spark.sql.shuffle.partitions", previous)
@@ -270,3 +282,21 @@ def test_manifest_expires_covered_rows_and_trims_partial_ones(spark, speed_setti
         if int(row["kafka_partition"]) != partition:
             assert machine not in after.index
     assert result["boundary"] == boundary
+
+
+def test_metrics_count_input_dead_letters_late_rows_and_alerts(metrics, query):
+    from prometheus_client import generate_latest
+
+    S.wait_until(lambda: metrics.input_rows._value.get() > 0, timeout_s=60)
+    text = generate_latest(metrics.registry).decode()
+    values = {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert values['prognos_speed_records_total{kind="dead"}'] == 1
+    assert values['prognos_speed_records_total{kind="late"}'] == 1
+    assert values['prognos_speed_records_total{kind="alert"}'] == 1
+    assert values["prognos_speed_input_rows_total"] >= 207
+    assert values["prognos_speed_processing_lag_seconds"] > 0
+    assert "prognos_speed_state_rows" in values
