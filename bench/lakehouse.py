@@ -169,8 +169,8 @@ def steady_latency(spark, settings, topic: str, seconds: float) -> dict:
         p["durationMs"]["triggerExecution"] / 1000
         for p in query.recentProgress
         if p.get("numInputRows", 0) > 0
-    ][1:]  # the first batch includes warm-up
-    rates = [p.get("processedRowsPerSecond", 0.0) for p in query.recentProgress][1:]
+    ]
+    rates = [p["processedRowsPerSecond"] for p in query.recentProgress if p.get("numInputRows")]
     return {
         "latency_batches": len(durations),
         "latency_batch_median_s": round(median(durations), 3) if durations else None,

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -39,6 +40,8 @@ from prognos.core.tables import (
 TXN_APP_ID_CONF = "spark.databricks.delta.write.txnAppId"
 TXN_VERSION_CONF = "spark.databricks.delta.write.txnVersion"
 RETENTION_CHECK_CONF = "spark.databricks.delta.retentionDurationCheck.enabled"
+# VACUUM lists files with this many tasks (Spark's default, 10000, is slow on small tables).
+LISTING_PARALLELISM_CONF = "spark.sql.sources.parallelPartitionDiscovery.parallelism"
 BROKER_ERROR_MARKERS = (
     "TimeoutException",
     "Timed out waiting for a node assignment",
@@ -483,16 +486,27 @@ def vacuum(
             f"vacuum retention {hours} h is below the floor of {floor} h "
             "(PROGNOS_LAKE_VACUUM_FLOOR_HOURS)"
         )
-    target = DeltaTable.forPath(spark, str(path))
-    if hours >= 168:
-        target.vacuum(hours)
-        return
-    previous = spark.conf.get(RETENTION_CHECK_CONF, "true")
-    spark.conf.set(RETENTION_CHECK_CONF, "false")
+    confs = {LISTING_PARALLELISM_CONF: str(max(2, settings.spark_shuffle_partitions))}
+    if hours < 168:  # Delta's own safety check; the floor above replaces it
+        confs[RETENTION_CHECK_CONF] = "false"
+    with _session_confs(spark, confs):
+        DeltaTable.forPath(spark, str(path)).vacuum(hours)
+
+
+@contextlib.contextmanager
+def _session_confs(spark, confs: Mapping[str, str]):
+    """Set session confs for the duration of a block, then restore them."""
+    previous = {key: spark.conf.get(key, None) for key in confs}
+    for key, value in confs.items():
+        spark.conf.set(key, value)
     try:
-        target.vacuum(hours)
+        yield
     finally:
-        spark.conf.set(RETENTION_CHECK_CONF, previous)
+        for key, value in previous.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
 
 
 BATCH_FILE = re.compile(r"^\d+$")
