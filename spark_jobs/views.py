@@ -75,10 +75,12 @@ def covered_offsets(spark, settings: Settings, versions: dict) -> dict[int, int]
         if versions.get(name) is not None
     ]
     if not frames:
-        return {}
+        return dict.fromkeys(range(settings.topic_readings_partitions), 0)
     union = frames[0] if len(frames) == 1 else frames[0].unionByName(frames[1])
     rows = union.groupBy("kafka_partition").agg(F.max("kafka_offset").alias("last")).collect()
-    return {int(row["kafka_partition"]): int(row["last"]) + 1 for row in rows}
+    offsets = dict.fromkeys(range(settings.topic_readings_partitions), 0)  # none read yet
+    offsets.update({int(row["kafka_partition"]): int(row["last"]) + 1 for row in rows})
+    return offsets
 
 
 def champion_version(settings: Settings) -> str | None:
