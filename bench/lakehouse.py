@@ -156,21 +156,25 @@ def steady_latency(spark, settings, topic: str, seconds: float) -> dict:
         source, "bronze", settings, trigger="processingTime=0 seconds", query_name="latency"
     )
     feeder = threading.Thread(target=feed, daemon=True)
+
+    def batches_with_input() -> list[dict]:
+        return [p for p in query.recentProgress if p.get("numInputRows", 0) > 0]
+
     try:
         lake.wait_for(lambda: query.lastProgress is not None, timeout_s=300)
         feeder.start()
+        # steady state: measure after the first batch with input (Kafka consumers created)
+        lake.wait_for(lambda: batches_with_input(), timeout_s=300)
+        warm = len(batches_with_input())
         time.sleep(seconds)
     finally:
         stop.set()
         query.stop()
         if feeder.is_alive():
             feeder.join(30)
-    durations = [
-        p["durationMs"]["triggerExecution"] / 1000
-        for p in query.recentProgress
-        if p.get("numInputRows", 0) > 0
-    ]
-    rates = [p["processedRowsPerSecond"] for p in query.recentProgress if p.get("numInputRows")]
+    steady = batches_with_input()[warm:]
+    durations = [p["durationMs"]["triggerExecution"] / 1000 for p in steady]
+    rates = [p["processedRowsPerSecond"] for p in steady]
     return {
         "latency_batches": len(durations),
         "latency_batch_median_s": round(median(durations), 3) if durations else None,
