@@ -96,8 +96,11 @@ class Settings(BaseSettings):
 
     batch_schedule: str = Field("@hourly", description="Schedule of the batch_layer DAG.")
     batch_max_failure_share: float = Field(
-        0.1, ge=0, le=1, description="Silver gate: max share of a run's rows that may fail "
-        "validation (duplicates excluded) before the run fails."
+        0.1,
+        ge=0,
+        le=1,
+        description="Silver gate: max share of a run's rows that may fail "
+        "validation (duplicates excluded) before the run fails.",
     )
     batch_future_tolerance_s: float = Field(
         300.0, ge=0, description="Event times up to this far in the future are accepted."
@@ -109,13 +112,16 @@ class Settings(BaseSettings):
     alert_amber_rul: float = Field(30, ge=0, description="Alert level amber when RUL <= this.")
 
     speed_watermark: str = Field(
-        "10 minutes", description="Speed layer event-time watermark delay; events behind it "
-        "go to the late_rows table."
+        "10 minutes",
+        description="Speed layer event-time watermark delay; events behind it "
+        "go to the late_rows table.",
     )
     speed_trigger: str = Field("2 seconds", description="Speed layer micro-batch interval.")
     speed_history_cycles: int = Field(
-        100, ge=2, description="Cycles of history kept per machine in the speed layer's state "
-        "(raised to what the champion's features and window need)."
+        100,
+        ge=2,
+        description="Cycles of history kept per machine in the speed layer's state "
+        "(raised to what the champion's features and window need).",
     )
     speed_max_offsets_per_trigger: int | None = Field(
         None, ge=1, description="Cap of Kafka records per speed micro-batch (none: no cap)."
@@ -137,7 +143,10 @@ class Settings(BaseSettings):
     serving_refresh_s: float = Field(
         2.0, gt=0, description="Seconds between checks of Delta table and registry versions."
     )
-    serving_model: str = Field("rul_lstm", description="Model the serving layer scores with.")
+    serving_model: str = Field(
+        "rul_fd001",
+        description="Model batch, speed and serving score with (named rul_<subset>).",
+    )
     shadow_share: float = Field(
         0.1, ge=0, le=1, description="Share of predict calls shadow-scored by the challenger."
     )
