@@ -210,6 +210,12 @@ class _Deliveries:
             time.sleep(0.05)
 
 
+def default_start(fleet: pd.DataFrame, cycle_seconds: float) -> datetime:
+    """Cycle 0 such that the fleet's last cycle is stamped now: no event is in the future."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    return now - timedelta(seconds=float(fleet["cycle"].max()) * cycle_seconds)
+
+
 def replay(
     subset: str = "FD001",
     split: str = "test",
@@ -230,8 +236,8 @@ def replay(
         raise PrognosError(f"--rate must be > 0, got {rate}")
     if cycle_seconds <= 0:
         raise PrognosError(f"--cycle-seconds must be > 0, got {cycle_seconds}")
-    start = start or datetime.now(UTC).replace(microsecond=0)
     fleet = fleet_frame(subset, split, machines, scale, settings, seed)
+    start = start or default_start(fleet, cycle_seconds)
     messages = fleet_messages(fleet, start, cycle_seconds, source)
     producer = connect_producer(settings, attempts=connect_attempts)
     try:
