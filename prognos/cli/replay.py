@@ -33,7 +33,9 @@ class IsoTime(click.ParamType):
 @click.option(
     "--cycle-seconds", default=60.0, show_default=True, help="Event-time seconds per cycle."
 )
-@click.option("--start", type=IsoTime(), help="Event time of cycle 0 (default: last cycle at now, UTC).")
+@click.option(
+    "--start", type=IsoTime(), help="Event time of cycle 0 (default: last cycle at now, UTC)."
+)
 @click.option("--scale", default=1, show_default=True, help="Multiply the fleet K times.")
 @click.option("--source", default="replay", show_default=True, help="Event source name.")
 def replay_command(subset, split, machines, rate, cycle_seconds, start, scale, source) -> None:
