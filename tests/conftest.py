@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,16 @@ from prognos.core import stack
 from prognos.core.settings import PROJECT_ROOT, Settings, load_settings, settings_env
 
 PROJECT_JARS = Path(os.environ.get("PROGNOS_JARS_DIR", PROJECT_ROOT / ".state" / "jars"))
+
+
+def pytest_configure(config) -> None:
+    """A SIGTERM (CI time limit, `timeout`) ends the run like Ctrl-C, so fixture
+    teardowns still stop the brokers and servers the tests started."""
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def free_port() -> int:
