@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +38,25 @@ def make_settings(state_dir: Path, **overrides) -> Settings:
     values = {"state_dir": state_dir, "jars_dir": PROJECT_JARS, "spark_master": "local[2]"}
     values.update(overrides)
     return load_settings(**values)
+
+
+def fresh_topic_settings(broker_settings: Settings, state_dir: Path, **overrides) -> Settings:
+    """Settings on the session broker with their own state dir and freshly created topics
+    (2 readings partitions, 1 s speed trigger, no metrics port unless overridden)."""
+    tag = uuid.uuid4().hex[:8]
+    values = {
+        "kafka_bootstrap_servers": broker_settings.kafka_bootstrap_servers,
+        "kafka_external": True,
+        "topic_readings": f"readings-{tag}",
+        "topic_readings_partitions": 2,
+        "topic_alerts": f"alerts-{tag}",
+        "topic_dead_letter": f"dead-{tag}",
+        "speed_trigger": "1 second",
+        "speed_metrics_port": 0,
+    }
+    settings = make_settings(state_dir, **{**values, **overrides})
+    stack.ensure_topics(settings)
+    return settings
 
 
 @pytest.fixture(scope="session")

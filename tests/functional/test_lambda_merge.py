@@ -15,12 +15,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from prognos.core import stack
 from prognos.core.alerting import alert_level
 from prognos.core.boundary import expire_speed_view
 from serving_layer.snapshot import SnapshotStore
 from serving_layer.views import DeltaViews
-from tests.conftest import make_settings
+from tests.conftest import fresh_topic_settings
 from tests.speed import support as S
 
 pytestmark = pytest.mark.slow
@@ -29,20 +28,9 @@ UNITS = (1, 2, 3)
 
 @pytest.fixture(scope="module")
 def settings(broker_settings, tmp_path_factory):
-    tag = uuid.uuid4().hex[:8]
-    settings = make_settings(
-        tmp_path_factory.mktemp("lambda-merge"),
-        kafka_bootstrap_servers=broker_settings.kafka_bootstrap_servers,
-        kafka_external=True,
-        topic_readings=f"readings-{tag}",
-        topic_readings_partitions=2,
-        topic_alerts=f"alerts-{tag}",
-        topic_dead_letter=f"dead-{tag}",
-        speed_trigger="1 second",
-        speed_metrics_port=0,
-        serving_model="rul_merge",
+    settings = fresh_topic_settings(
+        broker_settings, tmp_path_factory.mktemp("lambda-merge"), serving_model="rul_merge"
     )
-    stack.ensure_topics(settings)
     S.register_model(settings, offset=100.0)
     return settings
 

@@ -6,14 +6,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 
 import pytest
 
-from prognos.core import lake, stack
+from prognos.core import lake
 from prognos.core.settings import settings_env
 from speed_layer import service
-from tests.conftest import make_settings
+from tests.conftest import fresh_topic_settings
 from tests.speed import support as S
 
 UNITS = [1, 2, 3]
@@ -22,26 +21,17 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def crash_settings(broker_settings, tmp_path):
-    tag = uuid.uuid4().hex[:8]
-    settings = make_settings(
+    settings = fresh_topic_settings(
+        broker_settings,
         tmp_path,
-        kafka_bootstrap_servers=broker_settings.kafka_bootstrap_servers,
-        kafka_external=True,
-        topic_readings=f"readings-{tag}",
-        topic_readings_partitions=2,
-        topic_alerts=f"alerts-{tag}",
-        topic_dead_letter=f"dead-{tag}",
-        speed_trigger="1 second",
         speed_max_offsets_per_trigger=40,
         # Spark splits each batch's 40 records across partitions by their backlog, so one
         # partition's event times run ahead of the other's: a day-long watermark keeps this
         # test about crashes, not lateness.
         speed_watermark="1 day",
-        speed_metrics_port=0,
         spark_shuffle_partitions=2,
         serving_model="rul_test",
     )
-    stack.ensure_topics(settings)
     yield settings
     service.stop(settings, timeout_s=10)
 
