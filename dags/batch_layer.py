@@ -6,23 +6,15 @@ Every task is idempotent by run id / logical date, so retries and backfills are 
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import DAG, Asset
 
-from prognos.core.airflow_env import GOLD_ASSET, SPARK_CONN_ID, VIEWS_ASSET
+from prognos.core.airflow_env import GOLD_ASSET, SPARK_CONN_ID, VIEWS_ASSET, default_task_args
 from prognos.core.settings import PROJECT_ROOT, get_settings
 
 JOB_ARGS = ["--run-id", "{{ run_id }}", "--logical-date", "{{ logical_date.isoformat() }}"]
-
-DEFAULT_ARGS = {
-    "owner": "prognos",
-    "retries": 2,
-    "retry_delay": timedelta(seconds=30),
-    "retry_exponential_backoff": True,
-    "max_retry_delay": timedelta(minutes=10),
-}
 
 
 def spark_job(task_id: str, job: str, doc: str, **kwargs) -> SparkSubmitOperator:
@@ -44,7 +36,7 @@ with DAG(
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
-    default_args=DEFAULT_ARGS,
+    default_args=default_task_args(get_settings()),
     tags=["prognos", "batch"],
     doc_md=__doc__,
 ) as dag:

@@ -3,21 +3,13 @@ old streaming checkpoint entries; each task logs what it removed (JSON line)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import DAG
 
-from prognos.core.airflow_env import SPARK_CONN_ID
-from prognos.core.settings import PROJECT_ROOT
-
-DEFAULT_ARGS = {
-    "owner": "prognos",
-    "retries": 2,
-    "retry_delay": timedelta(minutes=1),
-    "retry_exponential_backoff": True,
-    "max_retry_delay": timedelta(minutes=15),
-}
+from prognos.core.airflow_env import SPARK_CONN_ID, default_task_args
+from prognos.core.settings import PROJECT_ROOT, get_settings
 
 
 def maintenance_step(step: str, doc: str) -> SparkSubmitOperator:
@@ -38,7 +30,7 @@ with DAG(
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
-    default_args=DEFAULT_ARGS,
+    default_args=default_task_args(get_settings()),
     tags=["prognos", "maintenance"],
     doc_md=__doc__,
 ) as dag:

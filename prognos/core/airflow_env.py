@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 from prognos.core.errors import PrognosError
@@ -20,6 +21,19 @@ SPARK_CONN_ID = "prognos_spark"
 # Assets the batch_layer DAG emits (the retrain DAG listens to GOLD_ASSET).
 GOLD_ASSET = "prognos://lake/gold_features"
 VIEWS_ASSET = "prognos://lake/batch_views"
+
+
+def default_task_args(settings: Settings, **overrides) -> dict:
+    """default_args of every prognos DAG: owner and retries with exponential backoff."""
+    args = {
+        "owner": "prognos",
+        "retries": settings.dag_retries,
+        "retry_delay": timedelta(seconds=settings.dag_retry_delay_s),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(seconds=settings.dag_max_retry_delay_s),
+    }
+    args.update(overrides)
+    return args
 
 
 def airflow_home(settings: Settings) -> Path:

@@ -95,6 +95,13 @@ class Settings(BaseSettings):
     airflow_port: Port = Field(8080, description="Airflow API server port.")
 
     batch_schedule: str = Field("@hourly", description="Schedule of the batch_layer DAG.")
+    dag_retries: int = Field(2, ge=0, description="Retries of every prognos DAG task.")
+    dag_retry_delay_s: float = Field(
+        30.0, gt=0, description="First retry delay of a DAG task (doubles each retry)."
+    )
+    dag_max_retry_delay_s: float = Field(
+        600.0, gt=0, description="Upper bound of a DAG task's exponential retry delay."
+    )
     batch_max_failure_share: float = Field(
         0.1,
         ge=0,
