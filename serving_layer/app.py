@@ -39,7 +39,7 @@ def create_app(
 ) -> FastAPI:
     """The FastAPI app. With `background`, refreshers poll Delta versions and the registry;
     with `grpc`, the gRPC PredictionService listens on 127.0.0.1:<grpc_port>."""
-    metrics, trail = ServingMetrics(), PredictionTrail()
+    metrics, trail, truth = ServingMetrics(), PredictionTrail(), TruthTable(settings)
     registry = registry or FilesystemRegistry(settings.registry)
 
     def on_swap(snapshot) -> None:
@@ -51,7 +51,9 @@ def create_app(
         level_of=functools.partial(alert_level, settings=settings),
         on_swap=on_swap,
     )
-    models = ModelServer(registry, settings.shadow_share, metrics, seed=shadow_seed)
+    models = ModelServer(
+        registry, settings.shadow_share, metrics, seed=shadow_seed, true_rul=truth.true_rul
+    )
     pollers = [
         Poller(snapshots.refresh, settings.serving_refresh_s, "snapshot-refresher"),
         Poller(models.refresh, settings.serving_refresh_s, "registry-watcher"),
@@ -89,7 +91,7 @@ def create_app(
     app.state.snapshots, app.state.models, app.state.pollers = snapshots, models, pollers
     app.state.keys = KeyStore.from_settings(settings)
     app.state.audit = AuditLog(settings.audit_log)
-    app.state.truth, app.state.trail = TruthTable(settings), trail
+    app.state.truth, app.state.trail = truth, trail
     install_error_handlers(app)
     _install_request_metrics(app, metrics)
     _add_operational_routes(app)

@@ -1,9 +1,11 @@
 """Loaded models for prediction: champion and challenger per model, watched in the registry.
 
 Predictions without a version go to the champion; a configurable share of them is also
-scored by the challenger in the background (shadow), and the absolute difference of each
-output is recorded. The watcher reloads when the registry's aliases change, so a newly
-promoted champion serves without a restart.
+scored by the challenger in the background (shadow). For every shadow-scored row the
+absolute difference of each output is recorded (disagreement) and, when the request named
+the row's machine and cycle and the true RUL is known there (replayed C-MAPSS test
+machines), the error of both models against the truth. The watcher reloads when the
+registry's aliases change, so a newly promoted champion serves without a restart.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import random
 import re
 import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -22,6 +25,11 @@ from prognos.core.registry import ModelRegistry, RegistryError, UnknownVersionEr
 log = logging.getLogger(__name__)
 SIGNATURE = "serving_default"
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+RUL_OUTPUT = "rul"  # the output compared with the true RUL
+ROLES = ("champion", "challenger")
+
+MachineRef = tuple[str, int]  # (machine id, cycle) a predict row was made for
+TrueRul = Callable[[str, int], "float | None"]
 
 
 class ModelNotFoundError(LookupError):
@@ -53,14 +61,43 @@ class Servable:
 
 
 @dataclass
-class ShadowStats:
-    """Champion vs challenger on shadow-scored traffic: mean and max absolute difference."""
+class ErrorSums:
+    """Running sums of (prediction - truth) for one model on shadow-scored rows."""
 
+    rows: int = 0
+    error_sum: float = 0.0
+    abs_sum: float = 0.0
+    squared_sum: float = 0.0
+
+    def add(self, errors: np.ndarray) -> None:
+        self.rows += len(errors)
+        self.error_sum += float(errors.sum())
+        self.abs_sum += float(np.abs(errors).sum())
+        self.squared_sum += float((errors**2).sum())
+
+    def to_dict(self) -> dict:
+        if not self.rows:
+            return {"rows": 0, "rmse": None, "mae": None, "bias": None}
+        return {
+            "rows": self.rows,
+            "rmse": (self.squared_sum / self.rows) ** 0.5,
+            "mae": self.abs_sum / self.rows,
+            "bias": self.error_sum / self.rows,
+        }
+
+
+@dataclass
+class ShadowStats:
+    """Champion vs challenger on shadow-scored traffic: their disagreement per output, and
+    the error of each against the true RUL on the rows where it is known."""
+
+    champion: int | None = None
     challenger: int | None = None
     calls: int = 0
     rows: int = 0
     abs_diff_sum: dict = field(default_factory=dict)
     abs_diff_max: dict = field(default_factory=dict)
+    vs_truth: dict = field(default_factory=lambda: {role: ErrorSums() for role in ROLES})
 
     def add(self, champion: dict, challenger: dict) -> dict[str, np.ndarray]:
         self.calls += 1
@@ -74,8 +111,13 @@ class ShadowStats:
             self.abs_diff_max[name] = max(self.abs_diff_max.get(name, 0.0), float(diff.max()))
         return diffs
 
+    def add_truth(self, errors: dict[str, np.ndarray]) -> None:
+        for role, values in errors.items():
+            self.vs_truth[role].add(values)
+
     def to_dict(self) -> dict:
         return {
+            "champion_version": self.champion,
             "challenger_version": self.challenger,
             "shadow_calls": self.calls,
             "shadow_rows": self.rows,
@@ -83,16 +125,42 @@ class ShadowStats:
                 k: v / max(1, self.rows) for k, v in sorted(self.abs_diff_sum.items())
             },
             "max_abs_disagreement": dict(sorted(self.abs_diff_max.items())),
+            "error_vs_truth": {role: sums.to_dict() for role, sums in self.vs_truth.items()},
         }
+
+
+def errors_vs_truth(
+    outputs: dict[str, dict], machines: Sequence[MachineRef | None] | None, true_rul: TrueRul
+) -> dict[str, np.ndarray]:
+    """Per role: predicted minus true RUL on the rows whose truth is known ({} if none)."""
+    if not machines or any(RUL_OUTPUT not in out for out in outputs.values()):
+        return {}
+    truths = [true_rul(*ref) if ref is not None else None for ref in machines]
+    known = [i for i, truth in enumerate(truths) if truth is not None]
+    if not known:
+        return {}
+    actual = np.asarray([truths[i] for i in known], float)
+    return {
+        role: np.asarray(out[RUL_OUTPUT], float).reshape(len(machines), -1)[known, 0] - actual
+        for role, out in outputs.items()
+    }
 
 
 class ModelServer:
     """Champion + challenger of every registry model, kept current by `refresh()`."""
 
-    def __init__(self, registry: ModelRegistry, shadow_share: float, metrics=None, seed=None):
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        shadow_share: float,
+        metrics=None,
+        seed=None,
+        true_rul: TrueRul | None = None,
+    ):
         self.registry = registry
         self.shadow_share = shadow_share
         self.metrics = metrics
+        self.true_rul = true_rul or (lambda machine_id, cycle: None)
         self._random = random.Random(seed)
         self._loaded: dict[tuple[str, int], Servable] = {}
         self._aliases: dict[str, dict] = {}
@@ -159,37 +227,51 @@ class ModelServer:
                 f"Servable not found for request: model {name!r} version {version}"
             ) from None
 
-    def predict(self, name: str, inputs: dict, version: int | None = None) -> dict:
+    def predict(
+        self,
+        name: str,
+        inputs: dict,
+        version: int | None = None,
+        machines: Sequence[MachineRef | None] | None = None,
+    ) -> dict:
+        """Outputs of `version` (default: the champion). `machines` names, per row, the
+        machine and cycle the row is for (optional), so shadow scoring can use the truth."""
         servable = self.resolve(name, version)
         outputs = servable.predict(inputs)
         if self.metrics is not None:
             self.metrics.predictions.labels(name, str(servable.version)).inc()
-        if version is None and self._random.random() < self.shadow_share:
-            self._shadow_score(name, inputs, outputs)
+        if version is None and self.shadow_share and self._random.random() < self.shadow_share:
+            self._shadow_score(name, servable.version, inputs, outputs, machines)
         return outputs
 
-    def _shadow_score(self, name: str, inputs: dict, champion_outputs: dict) -> None:
+    def _shadow_score(self, name, champion, inputs, champion_outputs, machines) -> None:
         challenger = self._aliases.get(name, {}).get("challenger")
         if challenger is None or not self._shadow_busy.acquire(blocking=False):
             return  # no challenger, or shadow scoring is behind: skip rather than queue
-        future = self._shadow_pool.submit(self._compare, name, challenger, inputs, champion_outputs)
+        versions = (champion, int(challenger))
+        future = self._shadow_pool.submit(
+            self._compare, name, versions, inputs, champion_outputs, machines
+        )
         future.add_done_callback(lambda _: self._shadow_busy.release())
 
-    def _compare(self, name: str, version: int, inputs: dict, champion_outputs: dict) -> None:
+    def _compare(self, name, versions, inputs, champion_outputs, machines) -> None:
         try:
-            outputs = self._servable(name, version).predict(inputs)
+            outputs = self._servable(name, versions[1]).predict(inputs)
+            errors = errors_vs_truth(
+                {"champion": champion_outputs, "challenger": outputs}, machines, self.true_rul
+            )
         except Exception as error:  # shadow scoring never fails a request
-            log.warning("shadow scoring %s v%s failed: %s", name, version, error)
+            log.warning("shadow scoring %s v%s failed: %s", name, versions[1], error)
             return
         with self._lock:
             stats = self._shadow.get(name)
-            if stats is None or stats.challenger != version:
-                stats = self._shadow[name] = ShadowStats(challenger=version)
+            if stats is None or (stats.champion, stats.challenger) != versions:
+                stats = self._shadow[name] = ShadowStats(*versions)
             diffs = stats.add(champion_outputs, outputs)
+            stats.add_truth(errors)
+            summary = stats.to_dict()["error_vs_truth"]
         if self.metrics is not None:
-            for output, diff in diffs.items():
-                for value in np.ravel(diff):
-                    self.metrics.shadow_disagreement.labels(name, output).observe(float(value))
+            self.metrics.shadow_scored(name, diffs, errors, summary)
 
     def wait_for_shadow(self) -> None:
         """Block until queued shadow scoring is done (for tests and shutdown)."""
@@ -216,7 +298,9 @@ class ModelServer:
         if brief:
             return info
         with self._lock:
-            shadow = self._shadow.get(name, ShadowStats(challenger=loaded.get("challenger")))
+            shadow = self._shadow.get(name) or ShadowStats(
+                loaded.get("champion"), loaded.get("challenger")
+            )
             info["shadow"] = shadow.to_dict()
         info["shadow"]["share"] = self.shadow_share
         info["champion_history"] = aliases.get("champion_history", [])

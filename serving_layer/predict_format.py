@@ -4,6 +4,10 @@ Mirrors https://www.tensorflow.org/tfx/serving/api_rest: a request holds exactly
 "instances" (a list of rows; each a value, or an object of named inputs) and "inputs"
 (a value, or an object of named inputs, batched along the first axis). Row requests are
 answered with "predictions", columnar ones with "outputs"; errors as {"error": "..."}.
+
+prognos adds one optional top-level key, which TF Serving itself ignores: "machines", one
+entry per row, `{"machine_id": "FD001-test-0007", "cycle": 31}` or null, naming what the
+row was built from, so that shadow scoring can compare both models with the true RUL.
 """
 
 from __future__ import annotations
@@ -81,6 +85,34 @@ def _to_array(name: str, value, spec) -> np.ndarray:
             f"input {name!r}: shape {list(array.shape)} does not match the signature {shape}"
         )
     return array
+
+
+def parse_machines(body: dict, rows: int) -> list[tuple[str, int] | None] | None:
+    """The optional "machines" of a predict request: (machine id, cycle) or None per row."""
+    machines = body.get("machines")
+    if machines is None:
+        return None
+    if not isinstance(machines, list) or len(machines) != rows:
+        raise PredictRequestError(f"'machines' must be a list with one entry per row ({rows})")
+    return [_machine_ref(index, item) for index, item in enumerate(machines)]
+
+
+def _machine_ref(index: int, item) -> tuple[str, int] | None:
+    if item is None:
+        return None
+    machine_id = item.get("machine_id") if isinstance(item, dict) else None
+    cycle = item.get("cycle") if isinstance(item, dict) else None
+    if (
+        not isinstance(machine_id, str)
+        or isinstance(cycle, bool)
+        or not isinstance(cycle, int)
+        or cycle < 0
+    ):
+        raise PredictRequestError(
+            f"'machines'[{index}] must be null or an object with a string 'machine_id' "
+            "and an integer 'cycle' >= 0"
+        )
+    return machine_id, cycle
 
 
 def format_predict_response(outputs: Mapping[str, np.ndarray], row_format: bool) -> dict:

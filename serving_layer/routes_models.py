@@ -14,6 +14,7 @@ from serving_layer.errors import respond
 from serving_layer.predict_format import (
     PredictRequestError,
     format_predict_response,
+    parse_machines,
     parse_predict_request,
 )
 from serving_layer.truth import live_errors
@@ -30,11 +31,23 @@ PREDICT_BODY = {
             "application/json": {
                 "schema": {
                     "type": "object",
-                    "description": "TF Serving predict request: exactly one of instances / inputs.",
+                    "description": "TF Serving predict request: exactly one of instances / "
+                    "inputs. Optional `machines` (prognos): per row {machine_id, cycle} or "
+                    "null, so shadow scoring compares champion and challenger with the true RUL.",
                     "properties": {
                         "signature_name": {"type": "string"},
                         "instances": {"type": "array", "items": {}},
                         "inputs": {},
+                        "machines": {
+                            "type": "array",
+                            "items": {
+                                "type": ["object", "null"],
+                                "properties": {
+                                    "machine_id": {"type": "string"},
+                                    "cycle": {"type": "integer", "minimum": 0},
+                                },
+                            },
+                        },
                     },
                 }
             }
@@ -54,9 +67,13 @@ def list_models(request: Request, _: Reader):
 
 @router.get("/{name}", summary="Versions, aliases, metrics and shadow comparison of a model")
 def get_model(name: str, request: Request, _: Reader):
-    info = request.app.state.models.describe(name)
-    machines = request.app.state.snapshots.current.machines
-    info["live_error_vs_truth"] = live_errors(machines, request.app.state.truth)
+    """`shadow`: champion vs challenger on shadow-scored predict traffic (disagreement, and
+    error vs the true RUL where requests named machine and cycle); `live_error_vs_truth`:
+    per version, the error of the RUL the merged views serve (the scoring model only)."""
+    state = request.app.state
+    info = state.models.describe(name)
+    served = state.snapshots.current.machines if name == state.settings.serving_model else {}
+    info["live_error_vs_truth"] = live_errors(served, state.truth)
     return respond(info)
 
 
@@ -132,7 +149,8 @@ async def _predict(request: Request, name: str, version: int | None):
     if signature_name != "serving_default":
         raise PredictRequestError(f"serving signature name {signature_name!r} not found")
     inputs, row_format = parse_predict_request(body, servable.input_specs)
-    outputs = await _run(models.predict, name, inputs, version)
+    machines = parse_machines(body, len(next(iter(inputs.values()))))
+    outputs = await _run(models.predict, name, inputs, version, machines)
     return respond(format_predict_response(outputs, row_format))
 
 

@@ -35,7 +35,12 @@ from serving_layer.app import create_app
 def served(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serving")
     settings = lake_settings(
-        tmp, api_keys=key_settings(), grpc_port=free_port(), shadow_share=1.0, serving_refresh_s=0.2
+        tmp,
+        api_keys=key_settings(),
+        grpc_port=free_port(),
+        shadow_share=1.0,
+        serving_refresh_s=0.2,
+        serving_model=MODEL,
     )
     seed_lake(settings)
     registry = tiny_registry(settings.registry)
@@ -170,6 +175,17 @@ def test_rest_predict_row_and_columnar_equal_in_process(served):
         ({"instances": [[["a", "b", "c"]] * 4]}, 400, "array of float32"),
         ({"instances": [[[0.0] * 3] * 4], "signature_name": "other"}, 400, "signature name"),
         ("not json", 400, "not valid JSON"),
+        ({"instances": [[[0.0] * 3] * 4], "machines": [None, None]}, 400, "one entry per row"),
+        (
+            {"inputs": [[[0.0] * 3] * 4], "machines": [{"machine_id": 7, "cycle": 1}]},
+            400,
+            "'machines'[0] must be null or an object",
+        ),
+        (
+            {"inputs": [[[0.0] * 3] * 4], "machines": [{"machine_id": "m", "cycle": -1}]},
+            400,
+            "integer 'cycle' >= 0",
+        ),
     ],
 )
 def test_bad_predict_requests_get_tf_serving_errors(served, body, status, message):
@@ -248,6 +264,42 @@ def test_shadow_scoring_reports_disagreement(served):
     metrics = get(client, "/metrics").text
     assert "prognos_shadow_abs_disagreement_count" in metrics
     assert 'prognos_snapshot_table_version{table="machine_state"}' in metrics
+
+
+def test_shadow_scoring_compares_both_models_with_the_truth(served):
+    client, app, settings, _ = served
+    x = windows(4, seed=5)
+    # FD001 test unit 1 ends at cycle 31 with true RUL 112: at cycle 20 it is 123;
+    # m2 is no replayed test machine (no truth) and the third row names no machine
+    machines = [
+        {"machine_id": "FD001-test-0001", "cycle": 31},
+        {"machine_id": "FD001-test-0001", "cycle": 20},
+        None,
+        {"machine_id": "m2", "cycle": 5},
+    ]
+    response = client.post(
+        f"/v1/models/{MODEL}:predict",
+        headers={"X-API-Key": KEYS["operator"]},
+        json={"instances": x.tolist(), "machines": machines},
+    )
+    assert response.status_code == 200, response.text
+    app.state.models.wait_for_shadow()
+    truth = np.array([112.0, 123.0])
+    shadow = get(client, f"/v1/models/{MODEL}").json()["shadow"]
+    assert (shadow["champion_version"], shadow["challenger_version"]) == (1, 2)
+    for role, version in (("champion", 1), ("challenger", 2)):
+        errors = in_process(settings, version, x[:2])["rul"].astype(float) - truth
+        found = shadow["error_vs_truth"][role]
+        assert found["rows"] == 2
+        np.testing.assert_allclose(found["mae"], np.abs(errors).mean(), rtol=1e-5)
+        np.testing.assert_allclose(found["rmse"], np.sqrt((errors**2).mean()), rtol=1e-5)
+        np.testing.assert_allclose(found["bias"], errors.mean(), rtol=1e-5)
+    metrics = get(client, "/metrics").text
+    for role in ("champion", "challenger"):
+        labels = f'model="{MODEL}",role="{role}"'
+        assert f"prognos_shadow_abs_error_vs_truth_count{{{labels}}} 2.0" in metrics
+        assert f"prognos_shadow_rmse_vs_truth{{{labels}}}" in metrics
+        assert f"prognos_shadow_bias_vs_truth{{{labels}}}" in metrics
 
 
 def test_promote_rollback_audited_and_picked_up(served):

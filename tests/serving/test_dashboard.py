@@ -6,18 +6,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from serving_support import (
-    KEYS,
-    RunningServer,
-    free_port,
-    key_settings,
-    lake_settings,
-    seed_lake,
-    tiny_registry,
-)
+from serving_support import KEYS
 
 from prognos.core.settings import PROJECT_ROOT
-from serving_layer.app import create_app
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -35,19 +26,6 @@ pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists() and shutil.which("chromium") is None,
     reason="Debian's chromium is missing: run `make setup` as root (infra/setup.sh)",
 )
-
-
-@pytest.fixture(scope="module")
-def server_url(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("dashboard")
-    settings = lake_settings(tmp, api_keys=key_settings())
-    seed_lake(settings)
-    tiny_registry(settings.registry)
-    server = RunningServer(create_app(settings, background=False), free_port()).start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 def test_dashboard_shows_fleet_and_charts_without_console_errors(server_url):

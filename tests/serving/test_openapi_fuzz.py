@@ -7,32 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from serving_support import (
-    KEYS,
-    RunningServer,
-    free_port,
-    key_settings,
-    lake_settings,
-    seed_lake,
-    tiny_registry,
-)
-
-from serving_layer.app import create_app
+from serving_support import KEYS
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
-
-
-@pytest.fixture(scope="module")
-def server_url(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("fuzz")
-    settings = lake_settings(tmp, api_keys=key_settings(), shadow_share=0.5)
-    seed_lake(settings)
-    tiny_registry(settings.registry)
-    server = RunningServer(create_app(settings, background=False), free_port()).start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 @pytest.mark.parametrize("role", ["admin", "reader"])
