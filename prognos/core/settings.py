@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -156,6 +156,46 @@ class Settings(BaseSettings):
     )
     shadow_share: float = Field(
         0.1, ge=0, le=1, description="Share of predict calls shadow-scored by the challenger."
+    )
+
+    retrain_schedule: str = Field(
+        "@weekly", description="Time schedule of the retrain DAG (it also runs on drift)."
+    )
+    retrain_on_gold: bool = Field(
+        False, description="Also run the retrain DAG whenever the batch layer updates gold."
+    )
+    retrain_source: Literal["gold", "cmapss"] = Field(
+        "gold",
+        description="Training rows of the retrain DAG: the run-to-failure machines in gold, "
+        "or the vendored C-MAPSS training files.",
+    )
+    retrain_epochs: int | None = Field(
+        None, ge=1, description="Max epochs of a retrain (default: the model config's)."
+    )
+    retrain_machines: int | None = Field(
+        None, ge=2, description="Retrain on the first N training machines only (tiny runs)."
+    )
+    retrain_seed: int = Field(42, description="Seed of the retrain DAG's training.")
+    bless_margin: float = Field(
+        0.0, ge=0, description="Validation RMSE a candidate must gain to replace the champion."
+    )
+    drift_window_hours: float = Field(
+        24.0, gt=0, description="Drift compares gold rows of this many hours up to the newest."
+    )
+    drift_psi_threshold: float = Field(
+        1.0,
+        gt=0,
+        description="A feature drifts when its PSI reaches this (the live fleet's natural "
+        "mix of life stages gives up to ~0.5 against run-to-failure training data).",
+    )
+    drift_ks_threshold: float = Field(
+        0.35, gt=0, le=1, description="...or when its Kolmogorov-Smirnov distance reaches this."
+    )
+    drift_min_rows: int = Field(
+        200, ge=1, description="Fewer rows in the drift window: no decision (no drift)."
+    )
+    drift_min_features: int = Field(
+        1, ge=1, description="Drifted features needed to emit the drift event (retrain)."
     )
 
     @field_validator("kafka_bootstrap_servers")
