@@ -26,6 +26,7 @@ from serving_layer.truth import TruthTable
 from serving_layer.views import DeltaViews
 
 DASHBOARD = Path(__file__).with_name("dashboard.html")
+API_DOCS = Path(__file__).with_name("docs.html")  # renders /openapi.json; no CDN
 
 
 def create_app(
@@ -84,6 +85,9 @@ def create_app(
         title="prognos serving layer",
         version="1",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's Swagger UI and ReDoc load from a CDN: /docs is local
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
         description="Merged batch + speed views of the fleet, RUL predictions "
         "(TensorFlow Serving-compatible), model champion/challenger management.",
     )
@@ -162,6 +166,10 @@ def _add_operational_routes(app: FastAPI) -> None:
     )
     def dashboard():
         return HTMLResponse(DASHBOARD.read_text())
+
+    @app.get("/docs", include_in_schema=False)
+    def api_docs():
+        return HTMLResponse(API_DOCS.read_text())
 
     @app.get("/", include_in_schema=False)
     def root():

@@ -343,10 +343,19 @@ DRIFT_REPORT = TableSpec(
         ("score", "double"),
         ("drifted", "boolean"),
         ("computed_at", "timestamp"),
+        # added by the drift job (models.drift): reference_value/current_value are the
+        # feature's training and window means, score the statistic (psi or ks).
+        ("model", "string"),
+        ("model_version", "long"),
+        ("threshold", "double"),
+        ("window_start", "timestamp"),
+        ("window_end", "timestamp"),
+        ("rows", "long"),
     ),
     keys=("run_id", "feature", "statistic"),
-    owner_layer="spark_jobs",
-    description="Feature drift of recent data against the training data, per feature.",
+    owner_layer="models",
+    description="Feature drift of recent gold rows against the champion's training "
+    "reference: PSI and KS per feature and window.",
 )
 
 GOLD_KEY_COLUMNS = (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import grpc
 import httpx
@@ -413,8 +414,19 @@ def test_bearer_header_and_open_routes(served):
     client, *_ = served
     bearer = {"Authorization": f"Bearer {KEYS['reader']}"}
     assert client.get("/v1/fleet/summary", headers=bearer).status_code == 200
-    for path in ("/healthz", "/readyz", "/openapi.json", "/dashboard"):
+    for path in ("/healthz", "/readyz", "/openapi.json", "/dashboard", "/docs"):
         assert client.get(path).status_code == 200, path
+
+
+def test_pages_load_nothing_from_another_host(served):
+    client, *_ = served
+    assert client.get("/redoc").status_code == 404  # FastAPI's CDN pages are off
+    assert client.get("/docs/oauth2-redirect").status_code == 404
+    for path in ("/docs", "/dashboard"):
+        html = client.get(path).text
+        external = re.findall(r"(?:src|href)\s*=\s*[\"']?\s*(?:https?:)?//", html)
+        assert external == [], path
+        assert "cdn" not in html.lower(), path
 
 
 def test_rest_metadata_has_the_signature(served):

@@ -80,3 +80,27 @@ def test_dashboard_asks_for_a_key(server_url):
             page.wait_for_selector("#fleet tbody tr.machine")
         finally:
             browser.close()
+
+
+def test_api_docs_render_offline_from_the_server_alone(server_url):
+    from playwright.sync_api import sync_playwright
+
+    problems: list[str] = []
+    requested: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda error: problems.append(str(error)))
+            page.on("request", lambda request: requested.append(request.url))
+            page.goto(f"{server_url}/docs")
+            page.wait_for_selector(".op")
+            paths = page.locator(".op .path").all_inner_texts()
+            assert "/v1/machines/{machine_id}" in paths
+            assert "/v1/models/{name}:predict" in paths
+            assert page.locator("h2", has_text="models").count() == 1
+        finally:
+            browser.close()
+    assert problems == []
+    assert requested and all(url.startswith(server_url) for url in requested), requested
