@@ -30,6 +30,7 @@ from prognos.core.settings import Settings
 from prognos.core.tables import (
     TableLocationError,
     TableSpec,
+    _check_location,
     check_schema,
     create_table,
     get_table,
@@ -334,6 +335,35 @@ def table_version_arrow(table: str | TableSpec, settings: Settings) -> int:
     spec = get_table(table)
     path = table_path(spec, settings)
     _require_delta(spec, path)
+    return DeltaTable(str(path)).version()
+
+
+def replace_rows_arrow(
+    table: str | TableSpec, settings: Settings, rows, where: Mapping[str, str]
+) -> int:
+    """JVM-free write (delta-rs): atomically replace the rows matching `where` (column ->
+    string value) with `rows` (a pyarrow.Table in the table's schema); create the table
+    with the catalog's properties when missing. Returns the new version."""
+    from deltalake import DeltaTable, write_deltalake
+
+    spec = get_table(table)
+    path = table_path(spec, settings)
+    _check_location(spec, path)
+    rows = rows.select(spec.column_names).cast(spec.arrow_schema)
+    if not is_delta_table(path):
+        path.mkdir(parents=True, exist_ok=True)
+        write_deltalake(
+            str(path),
+            rows.schema.empty_table(),
+            mode="append",
+            partition_by=list(spec.partition_by) or None,
+            description=spec.description,
+            configuration=dict(spec.properties),
+        )
+    predicate = " AND ".join(
+        f"{column} = '{str(value).replace(chr(39), chr(39) * 2)}'" for column, value in where.items()
+    )
+    write_deltalake(str(path), rows, mode="overwrite", predicate=predicate)
     return DeltaTable(str(path)).version()
 
 
