@@ -21,6 +21,8 @@ SPARK_CONN_ID = "prognos_spark"
 # Assets the batch_layer DAG emits (the retrain DAG listens to GOLD_ASSET).
 GOLD_ASSET = "prognos://lake/gold_features"
 VIEWS_ASSET = "prognos://lake/batch_views"
+# Emitted by the drift DAG when recent gold drifted from the champion's training data.
+DRIFT_ASSET = "prognos://models/feature_drift"
 
 
 def default_task_args(settings: Settings, **overrides) -> dict:
