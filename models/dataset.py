@@ -17,9 +17,11 @@ from prognos.core.features import (
     FeatureConfig,
     add_labels,
     compute_features_for_frame,
+    feature_columns,
     fit_condition_model,
 )
 from prognos.core.settings import Settings, get_settings
+from prognos.core.tables import is_delta_table, table_path
 
 
 class DatasetError(PrognosError):
@@ -56,9 +58,16 @@ def training_frame(
     machines: int | None = None,
     settings: Settings | None = None,
 ) -> FeatureFrames:
-    """Labelled features for training and test machines; the one place to switch to gold."""
+    """Labelled features for training and test machines.
+
+    `source` "cmapss" computes training features from the vendored training files; "gold"
+    takes the rows of the subset's run-to-failure (training) machines from the gold table.
+    Test engines always come from the vendored test files (final evaluation only).
+    """
+    if source == "gold":
+        return gold_training_frame(subset, config, machines, settings)
     if source != "cmapss":
-        raise DatasetError(f"unknown training source {source!r}: only 'cmapss' exists so far")
+        raise DatasetError(f"unknown training source {source!r}: expected 'gold' or 'cmapss'")
     raw_train = load_cmapss(subset, "train", settings)
     raw_test = load_cmapss(subset, "test", settings)
     if machines is not None:
@@ -75,6 +84,59 @@ def training_frame(
         "files": _file_sums(subset, settings),
     }
     return FeatureFrames(subset, train, test, condition_model, lineage)
+
+
+def gold_training_frame(
+    subset: str,
+    config: FeatureConfig,
+    machines: int | None = None,
+    settings: Settings | None = None,
+) -> FeatureFrames:
+    """Training rows from gold: the subset's training machines, which ran to failure, so
+    RUL at a cycle is the machine's last cycle minus that cycle."""
+    settings = settings or get_settings()
+    gold, version = _read_gold(settings, ["machine_id", "cycle", *feature_columns(config)])
+    prefix = f"{subset}-train-"
+    train = gold[gold["machine_id"].astype(str).str.startswith(prefix)]
+    if train.empty:
+        raise DatasetError(
+            f"gold_features (version {version}) holds no run-to-failure machines of {subset} "
+            f"(ids {prefix}*): replay the training engines, or set PROGNOS_RETRAIN_SOURCE=cmapss"
+        )
+    if machines is not None:
+        train = train[train["machine_id"].isin(_first(train, machines))]
+    train = train.sort_values(["machine_id", "cycle"], ignore_index=True)
+    train["rul"] = train.groupby("machine_id")["cycle"].transform("max") - train["cycle"]
+    condition_model = fit_condition_model(load_cmapss(subset, "train", settings), config)
+    raw_test = load_cmapss(subset, "test", settings)
+    if machines is not None:
+        raw_test = raw_test[raw_test["machine_id"].isin(_first(raw_test, machines))]
+    test = add_labels(compute_features_for_frame(raw_test, condition_model, config), config)
+    lineage = {
+        "source": "gold",
+        "subset": subset,
+        "machines": machines,
+        "table_versions": {"gold_features": version},
+        "rows": {"train": len(train), "test": len(raw_test)},
+        "files": _file_sums(subset, settings),
+    }
+    return FeatureFrames(subset, add_labels(train, config), test, condition_model, lineage)
+
+
+def _read_gold(settings: Settings, columns: list[str]) -> tuple[pd.DataFrame, int]:
+    from deltalake import DeltaTable
+
+    path = table_path("gold_features", settings)
+    if not is_delta_table(path):
+        raise DatasetError(
+            f"no gold_features table at {path}: run the batch layer, "
+            "or set PROGNOS_RETRAIN_SOURCE=cmapss"
+        )
+    table = DeltaTable(str(path))
+    absent = [name for name in columns if name not in table.schema().to_arrow().names]
+    if absent:
+        raise DatasetError(f"gold_features lacks feature columns: {', '.join(absent[:5])}")
+    return table.to_pyarrow_table(columns=columns).to_pandas(), table.version()
 
 
 def _file_sums(subset: str, settings: Settings | None) -> dict[str, str]:

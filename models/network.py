@@ -28,6 +28,14 @@ def build_model(window: int, n_features: int, config) -> keras.Model:
     hidden = inputs
     if config.input_noise > 0:
         hidden = keras.layers.GaussianNoise(config.input_noise, name="input_noise")(hidden)
+    if config.conv_filters > 0:
+        hidden = keras.layers.Conv1D(
+            config.conv_filters,
+            config.conv_kernel,
+            padding="causal",
+            activation="relu",
+            name="conv_front",
+        )(hidden)
     for index, units in enumerate(config.lstm_units):
         last = index == len(config.lstm_units) - 1
         hidden = keras.layers.LSTM(units, return_sequences=not last, name=f"lstm_{index}")(hidden)

@@ -21,8 +21,10 @@ from models.dataset import (
     split_machines,
     training_frame,
 )
+from models.drift import REFERENCE_KEY, feature_reference
 from models.metrics import evaluate, rmse
 from models.network import build_model, export_saved_model, make_deterministic, predict
+from prognos.core.data import SUBSETS, UnknownDatasetError
 from prognos.core.features import FEATURE_VERSION
 from prognos.core.registry import BlessDecision, FilesystemRegistry, ModelRegistry
 from prognos.core.settings import get_settings
@@ -41,6 +43,14 @@ class TrainResult:
 
 def model_name(subset: str) -> str:
     return f"rul_{subset.lower()}"
+
+
+def subset_of_model(name: str) -> str:
+    """The subset a model name trains on (rul_fd001 -> FD001)."""
+    subset = name.removeprefix("rul_").upper()
+    if not name.startswith("rul_") or subset not in SUBSETS:
+        raise UnknownDatasetError(f"model name {name!r} names no subset: expected rul_fd00N")
+    return subset
 
 
 def train_subset(
@@ -71,14 +81,31 @@ def train_frames(
     progress: Callable[[str], None] = print,
 ) -> TrainResult:
     """Train on prepared feature frames; evaluate, register and bless."""
-    subset = frames.subset
     make_deterministic(config.seed)
     check_trainable(frames.train, config.window)
     model, history, validation, windows = fit(frames.train, config, progress)
+    metrics, test = evaluate_model(model, frames, config, validation, len(windows[1]))
+    progress(
+        f"{frames.subset}: validation RMSE {validation:.2f}, "
+        f"test RMSE {metrics['test']['rmse']:.2f}, score {metrics['test']['score']:.0f}"
+    )
+    name = model_name(frames.subset)
+    epochs_run = len(history["loss"])
+    if registry is None:
+        return TrainResult(name, None, metrics, None, epochs_run, model, test)
+    metadata = version_metadata(frames, config, metrics, history)
+    version = register_model(registry, name, model, config, metadata)
+    decision = registry.bless(name, version, margin)
+    progress(f"registered {name} version {version}: {decision.alias} ({decision.reason})")
+    return TrainResult(name, version, metrics, decision, epochs_run, model, test)
+
+
+def evaluate_model(model, frames: FeatureFrames, config: TrainConfig, validation_rmse, count):
+    """Validation figures and the test engines' last-cycle figures; and the test windows."""
     test = make_windows(frames.test, config.input_columns, config.window, last_only=True)
     test_out = predict(model, test.x)
     metrics = {
-        "validation": {"rmse": validation, "windows": len(windows[1])},
+        "validation": {"rmse": float(validation_rmse), "windows": int(count)},
         "test": evaluate(
             test_out["rul"],
             test_out["fail_prob"],
@@ -89,12 +116,12 @@ def train_frames(
     # Headline figures compare with the truth under the same piecewise-linear cap as the
     # training target (the usual protocol); the uncapped RMSE is recorded beside them.
     metrics["test"]["rmse_uncapped"] = rmse(test_out["rul"], test.rul_true)
-    progress(
-        f"{subset}: validation RMSE {validation:.2f}, test RMSE {metrics['test']['rmse']:.2f}, "
-        f"score {metrics['test']['score']:.0f}"
-    )
-    name = model_name(subset)
-    metadata = {
+    return metrics, test
+
+
+def version_metadata(frames: FeatureFrames, config: TrainConfig, metrics, history) -> dict:
+    """What a registry version records: parameters, figures, lineage, drift reference."""
+    return {
         "params": config.to_dict(),
         "metrics": metrics,
         "feature_version": FEATURE_VERSION,
@@ -106,20 +133,19 @@ def train_frames(
             "input_columns": list(config.input_columns),
             "outputs": ["rul", "fail_prob"],
         },
+        REFERENCE_KEY: feature_reference(frames.train, config.input_columns),
         "history": history,
     }
-    epochs_run = len(history["loss"])
-    if registry is None:
-        return TrainResult(name, None, metrics, None, epochs_run, model, test)
+
+
+def register_model(registry: ModelRegistry, name: str, model, config, metadata) -> int:
+    """Export the SavedModel and its card into a new registry version (atomic)."""
 
     def write(directory: Path) -> None:
         export_saved_model(model, directory, config.window, len(config.input_columns))
         write_card(directory, {**metadata, "model": name})
 
-    version = registry.register(name, write, metadata)
-    decision = registry.bless(name, version, margin)
-    progress(f"registered {name} version {version}: {decision.alias} ({decision.reason})")
-    return TrainResult(name, version, metrics, decision, epochs_run, model, test)
+    return registry.register(name, write, metadata)
 
 
 def fit(train_frame, config: TrainConfig, progress: Callable[[str], None]):
