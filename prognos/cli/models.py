@@ -98,4 +98,21 @@ def rollback(model: str) -> None:
     click.echo(f"{model}: rolled back, champion is now version {version}")
 
 
+@models.command()
+@click.option("--model", help="Default: PROGNOS_SERVING_MODEL.")
+@click.option("--run-id", default=None, help="Report rows are keyed by it (default: now).")
+def drift(model: str | None, run_id: str | None) -> None:
+    """Compare recent gold with the champion's training reference (PSI/KS per feature)."""
+    from datetime import UTC, datetime
+
+    from models.drift import measure_drift
+
+    run_id = run_id or f"manual__{datetime.now(UTC).isoformat()}"
+    result = measure_drift(get_settings(), run_id, model=model)
+    for feature in result.features:
+        flag = "  DRIFT" if feature.drifted else ""
+        click.echo(f"  {feature.feature:<24} psi {feature.psi:7.3f}  ks {feature.ks:5.3f}{flag}")
+    click.echo(json.dumps(result.summary()))
+
+
 commands = [train, models]

@@ -106,3 +106,23 @@ def _champion_parts(settings):
     reference = drift.feature_reference(rows, config.input_columns)
     metadata = {**metadata_with(1.0), "params": config.to_dict(), drift.REFERENCE_KEY: reference}
     return write_constant_saved_model(1.0), metadata
+
+
+def test_cli_prints_each_feature_and_the_decision(lake, old_shifted, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    from prognos.cli.main import cli
+    from prognos.core.settings import get_settings
+
+    write_gold(lake, pd.concat([gold_rows(RECENT, shift_sigma=2.0), old_shifted]))
+    monkeypatch.setenv("PROGNOS_STATE_DIR", str(lake.state_dir))
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(cli, ["models", "drift", "--run-id", "cli"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    assert "sensor_4_z" in result.output and "DRIFT" in result.output
+    assert json.loads(result.output.splitlines()[-1])["drift"] is True
