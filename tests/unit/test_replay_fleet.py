@@ -2,10 +2,11 @@ from datetime import UTC, datetime
 
 import pytest
 
+from prognos.core import replay as replay_module
 from prognos.core.data import load_cmapss
 from prognos.core.errors import PrognosError
 from prognos.core.events import encode_event, parse_event
-from prognos.core.replay import fleet_events, fleet_frame
+from prognos.core.replay import encoded_messages, fleet_events, fleet_frame, fleet_messages
 
 
 def test_machines_report_round_robin_by_cycle():
@@ -54,6 +55,15 @@ def test_every_replayed_event_passes_the_schema():
     assert all(parse_event(encode_event(event)) == event for event in events)
     truth = load_cmapss("FD001", "test")
     assert events[0].sensors["sensor_3"] == truth.iloc[0]["sensor_3"]
+
+
+def test_encoder_process_yields_the_inline_messages_in_order(monkeypatch):
+    fleet = fleet_frame("FD001", "test", machines=4)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    inline = list(fleet_messages(fleet, start, 60.0, "replay"))
+    monkeypatch.setattr(replay_module, "ENCODER_PROCESS_MIN_EVENTS", 1)
+    monkeypatch.setattr(replay_module, "ENCODE_CHUNK_EVENTS", 97)
+    assert list(encoded_messages(fleet, start, 60.0, "replay")) == inline
 
 
 @pytest.mark.parametrize(("machines", "scale"), [(0, 1), (3, 0)])
