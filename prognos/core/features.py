@@ -319,17 +319,6 @@ def add_labels(frame: pd.DataFrame, config: FeatureConfig | None = None) -> pd.D
     return labelled
 
 
-def output_schema(config: FeatureConfig | None = None) -> list[tuple[str, str]]:
-    """(column, numpy dtype name) of `compute_features` output, for Spark schemas."""
-    config = config or FeatureConfig()
-    return [
-        ("machine_id", "int64"),
-        ("cycle", "int64"),
-        (CONDITION, "int32"),
-        *[(name, "float64") for name in feature_columns(config)],
-    ]
-
-
 def _require_columns(frame: pd.DataFrame, columns) -> None:
     missing = [column for column in columns if column not in frame.columns]
     if missing:
