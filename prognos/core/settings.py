@@ -123,7 +123,11 @@ class Settings(BaseSettings):
         description="Speed layer event-time watermark delay; events behind it "
         "go to the late_rows table.",
     )
-    speed_trigger: str = Field("2 seconds", description="Speed layer micro-batch interval.")
+    speed_trigger: str = Field(
+        "500 milliseconds",
+        description="Speed layer micro-batch interval (a batch that runs longer is followed "
+        "at once by the next).",
+    )
     speed_history_cycles: int = Field(
         100,
         ge=2,
@@ -132,6 +136,12 @@ class Settings(BaseSettings):
     )
     speed_max_offsets_per_trigger: int | None = Field(
         None, ge=1, description="Cap of Kafka records per speed micro-batch (none: no cap)."
+    )
+    speed_state_partitions: int = Field(
+        2,
+        ge=1,
+        description="State (shuffle) partitions of the speed query, fixed when its "
+        "checkpoint is created: one per core suits local[N]; raise it on a cluster.",
     )
     speed_metrics_port: int = Field(
         9108, ge=0, le=65535, description="Prometheus port of the speed layer (0: no exporter)."
