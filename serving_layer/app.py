@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import time
 from pathlib import Path
 
@@ -46,6 +47,13 @@ def create_app(
     def on_swap(snapshot) -> None:
         metrics.snapshot_swapped(snapshot)
         trail.record(snapshot)
+        gc.freeze()  # the new snapshot is long-lived: keep it out of full collections
+
+    def refresh_models() -> bool:
+        changed = models.refresh()
+        if changed:  # retired models may hold reference cycles: collect them once, refreeze
+            collect_and_freeze()
+        return changed
 
     snapshots = SnapshotStore(
         views or DeltaViews(settings),
@@ -57,7 +65,7 @@ def create_app(
     )
     pollers = [
         Poller(snapshots.refresh, settings.serving_refresh_s, "snapshot-refresher"),
-        Poller(models.refresh, settings.serving_refresh_s, "registry-watcher"),
+        Poller(refresh_models, settings.serving_refresh_s, "registry-watcher"),
     ]
 
     @contextlib.asynccontextmanager
@@ -67,6 +75,7 @@ def create_app(
                 poller.check()
             if background:
                 poller.start()
+        collect_and_freeze()
         grpc_server = None
         if grpc:
             from serving_layer.grpc_service import start_grpc_server
@@ -93,6 +102,7 @@ def create_app(
     )
     app.state.settings, app.state.metrics, app.state.registry = settings, metrics, registry
     app.state.snapshots, app.state.models, app.state.pollers = snapshots, models, pollers
+    app.state.refresh_models = refresh_models
     app.state.keys = KeyStore.from_settings(settings)
     app.state.audit = AuditLog(settings.audit_log)
     app.state.truth, app.state.trail = truth, trail
@@ -102,6 +112,18 @@ def create_app(
     app.include_router(routes_views.router)
     app.include_router(routes_models.router)
     return app
+
+
+def collect_and_freeze() -> None:
+    """Collect garbage, then move every live object out of the cyclic collector's reach.
+
+    The snapshot, TensorFlow and the loaded models are long-lived: a full collection over
+    them takes ~0.3 s, and it used to stall requests at random (the latency p99). Frozen
+    objects are still freed by reference counting, so a swapped-out snapshot goes away.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def _install_request_metrics(app: FastAPI, metrics: ServingMetrics) -> None:
@@ -114,6 +136,18 @@ class RequestMetrics:
     def __init__(self, app, metrics: ServingMetrics) -> None:
         self.app = app
         self.metrics = metrics
+        self._children: dict[tuple, tuple] = {}  # labelled metrics, looked up once per label
+
+    def _observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.metrics.latency.labels(route),
+                self.metrics.requests.labels(route, method, str(status)),
+            )
+        children[0].observe(seconds)
+        children[1].inc()
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -130,8 +164,7 @@ class RequestMetrics:
             await self.app(scope, receive, send_with_status)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
-            self.metrics.requests.labels(route, scope["method"], str(status[0])).inc()
+            self._observe(route, scope["method"], status[0], time.perf_counter() - started)
 
 
 def _add_operational_routes(app: FastAPI) -> None:

@@ -7,6 +7,7 @@ sends the key as `X-API-Key: <key>` or `Authorization: Bearer <key>`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -43,6 +44,12 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+@functools.lru_cache(maxsize=256)
+def _cached_digest(key: str) -> str:
+    """The digest of a presented key; recent keys are not hashed again on every request."""
+    return hash_key(key)
+
+
 def parse_key_entry(entry: str, where: str) -> tuple[str, Principal]:
     parts = entry.strip().split(":")
     digest, role = parts[0].lower(), parts[1] if len(parts) > 1 else ""
@@ -74,7 +81,7 @@ class KeyStore:
         return len(self._by_hash)
 
     def authenticate(self, key: str | None) -> Principal | None:
-        return self._by_hash.get(hash_key(key)) if key else None
+        return self._by_hash.get(_cached_digest(key)) if key else None
 
 
 def _read_keys_file(path: Path) -> dict[str, Principal]:
@@ -95,7 +102,7 @@ def require(role: str):
     """A FastAPI dependency admitting principals with at least `role`."""
     needed = ROLES.index(role)
 
-    def dependency(
+    async def dependency(  # async: no thread-pool hop for an in-memory lookup
         request: Request,
         header_key: Annotated[str | None, Security(api_key_header)] = None,
         bearer_key: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)] = None,

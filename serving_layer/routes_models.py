@@ -7,10 +7,11 @@ import json
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from serving_layer.auth import Principal, require
-from serving_layer.errors import respond
+from serving_layer.errors import clean, respond
 from serving_layer.predict_format import (
     PredictRequestError,
     format_predict_response,
@@ -151,7 +152,7 @@ async def _predict(request: Request, name: str, version: int | None):
     inputs, row_format = parse_predict_request(body, servable.input_specs)
     machines = parse_machines(body, len(next(iter(inputs.values()))))
     outputs = await _run(models.predict, name, inputs, version, machines)
-    return respond(format_predict_response(outputs, row_format))
+    return JSONResponse(clean(format_predict_response(outputs, row_format)))  # plain lists
 
 
 async def _run(function, *args):
@@ -189,5 +190,5 @@ def _admin_action(
         audit.record(principal, action, "refused", model=name, version=version, reason=str(error))
         raise
     audit.record(principal, action, "done", model=name, version=version)
-    request.app.state.models.refresh()
+    request.app.state.refresh_models()
     return respond({"model": name, "action": action, "champion": version})

@@ -1,4 +1,8 @@
-"""Merged-view routes: machines, history, alerts, fleet summary (role: reader)."""
+"""Merged-view routes: machines, history, alerts, fleet summary (role: reader).
+
+Every handler is `async`: it only reads the in-memory snapshot, so it runs on the event
+loop without a thread-pool hop (the hop dominated the latency of a machine query).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 
 from serving_layer.auth import require
 from serving_layer.errors import invalid, not_found, respond
@@ -30,17 +34,15 @@ def snapshot_of(request: Request) -> Snapshot:
 
 
 @router.get("/machines/{machine_id}", summary="Merged state of one machine")
-def get_machine(machine_id: str, request: Request):
-    snapshot = snapshot_of(request)
-    state = snapshot.machines.get(machine_id)
-    if state is None:
+async def get_machine(machine_id: str, request: Request):
+    body = snapshot_of(request).machine_json(machine_id, request.app.state.truth.true_rul)
+    if body is None:
         raise not_found(f"unknown machine {machine_id!r}")
-    truth = request.app.state.truth.true_rul(machine_id, state.get("last_cycle"))
-    return JSONResponse({**state, "true_rul": truth, "as_of": snapshot.as_of_json})
+    return Response(body, media_type="application/json")
 
 
 @router.get("/machines", summary="The fleet: filter, sort, paginate (cursor)")
-def list_machines(
+async def list_machines(
     request: Request,
     alert_level: AlertLevel | None = None,
     min_rul: float | None = Query(None, allow_inf_nan=False),
@@ -67,7 +69,7 @@ def list_machines(
 
 
 @router.get("/machines/{machine_id}/history", summary="Time series of one machine (silver)")
-def get_history(
+async def get_history(
     machine_id: str,
     request: Request,
     start: Annotated[datetime | None, Query(alias="from")] = None,
@@ -106,7 +108,7 @@ def _check_range(start: datetime | None, end: datetime | None) -> None:
 
 
 @router.get("/alerts", summary="Alerts raised since a time (newest last)")
-def get_alerts(
+async def get_alerts(
     request: Request,
     since: datetime | None = None,
     limit: int = Query(100, ge=1, le=1000),
@@ -118,5 +120,5 @@ def get_alerts(
 
 
 @router.get("/fleet/summary", summary="Fleet-wide figures of the merged view")
-def get_fleet_summary(request: Request):
+async def get_fleet_summary(request: Request):
     return respond(fleet_summary(snapshot_of(request)))

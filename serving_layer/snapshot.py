@@ -51,6 +51,8 @@ class Snapshot:
     history: pa.Table  # silver rows sorted by machine and cycle
     history_slices: dict[str, tuple[int, int]]
     built_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # machine id -> its encoded answer, filled on first request (the snapshot never changes)
+    encoded: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def loaded(self) -> bool:
@@ -67,6 +69,24 @@ class Snapshot:
 
     def as_of(self) -> dict:
         return dict(self.as_of_json)
+
+    def machine_json(self, machine_id: str, true_rul: Callable) -> bytes | None:
+        """The JSON answer for one machine (its merged state, true RUL and `as_of`), encoded
+        once per snapshot; None for an unknown machine."""
+        body = self.encoded.get(machine_id)
+        if body is None:
+            state = self.machines.get(machine_id)
+            if state is None:
+                return None
+            truth = true_rul(machine_id, state.get("last_cycle"))
+            body = encode_json({**state, "true_rul": truth, "as_of": self.as_of_json})
+            self.encoded[machine_id] = body
+        return body
+
+
+def encode_json(payload) -> bytes:
+    """Compact UTF-8 JSON, as Starlette's JSONResponse renders it (no NaN: see json_ready)."""
+    return json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
 def empty_snapshot() -> Snapshot:
