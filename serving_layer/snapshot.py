@@ -169,14 +169,27 @@ def _sorted_alerts(views, versions: dict) -> list[dict]:
 
 
 def json_ready(value):
-    """Datetimes as ISO strings, non-finite floats as None: states are served as they are."""
+    """Datetimes as ISO strings, non-finite floats as None: states are served as they are.
+    (It runs over every value of every state per snapshot: plain values are passed over
+    without a call.)"""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {
+            k: v
+            if type(v) in _PLAIN
+            else (v if isfinite(v) else None)
+            if type(v) is float
+            else json_ready(v)
+            for k, v in value.items()
+        }
     if isinstance(value, datetime):
         return value.isoformat()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_ready(v) for k, v in value.items()}
     return value
+
+
+_PLAIN = frozenset({str, int, bool, type(None)})
+isfinite = math.isfinite
 
 
 def _read_pinned(views, name: str, versions: dict) -> pa.Table:
