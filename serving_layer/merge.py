@@ -120,10 +120,21 @@ def _state(
         "source": source,
         "batch_cycle": batch_cycle,
     }
-    if source == "speed" and row.get("sensors"):
-        state["sensors"] = dict(row["sensors"])
+    # optional columns (batch and speed views gained them over time): picked up when present
+    sensors, features = _as_dict(row.get("sensors")), _as_dict(row.get("features"))
+    health = row.get("health_index")
+    state["health_index"] = features.get("health_index") if health is None else health
+    if sensors:
+        state["sensors"] = sensors
         state["sensors_cycle"] = row.get("last_cycle")
+    if features:
+        state["features"] = features
     return state
+
+
+def _as_dict(value) -> dict:
+    """A Delta map column as delta-rs returns it (a list of pairs), a dict, or nothing."""
+    return dict(value) if value else {}
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -213,7 +213,7 @@ def _attach_latest_sensors(machines: dict, history: pa.Table, slices: dict) -> N
     columns = [c for c in history.column_names if c.startswith(("sensor_", "setting_"))]
     for machine_id, state in machines.items():
         span = slices.get(machine_id)
-        if "sensors" in state:  # the speed view's newest readings
+        if "sensors" in state:  # the view row carried its latest readings
             continue
         if span is None:
             state["sensors"], state["sensors_cycle"] = {}, None

@@ -62,6 +62,25 @@ def test_before_any_batch_the_speed_view_answers_alone():
     assert (merged["m1"]["source"], merged["m1"]["readings_count"]) == ("speed", 3)
 
 
+def test_optional_view_columns_are_picked_up_and_unknown_ones_ignored():
+    batch = {
+        **state_row("m1", 10, 10, 50.0),
+        "health_index": 0.4,
+        "sensors": [("sensor_2", 642.1), ("setting_1", 0.0)],  # delta-rs reads maps as pairs
+        "features": [("hi_mean_5", 0.38)],
+        "alert_level": "green",
+        "a_column_added_later": 1,
+    }
+    speed = {**speed_row("m2", 4, [0, 1], 20.0), "features": [("health_index", 0.9)]}
+    merged = merge_machine_states([batch, state_row("m3", 2, 2, 9.0)], [speed], {}, levels)
+    assert merged["m1"]["sensors"] == {"sensor_2": 642.1, "setting_1": 0.0}
+    assert (merged["m1"]["sensors_cycle"], merged["m1"]["health_index"]) == (10, 0.4)
+    assert merged["m1"]["features"] == {"hi_mean_5": 0.38}
+    assert "a_column_added_later" not in merged["m1"]
+    assert (merged["m2"]["source"], merged["m2"]["health_index"]) == ("speed", 0.9)
+    assert merged["m3"]["health_index"] is None and "sensors" not in merged["m3"]
+
+
 def test_latest_boundary_is_most_recent_publication():
     assert latest_boundary([]) is None
     rows = [
