@@ -242,6 +242,45 @@ def test_grpc_predict_and_metadata_equal_in_process(served):
         assert error.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_keras_lstm_over_rest_and_grpc_equals_in_process_keras(served):
+    """The project's LSTM (random weights) exported like training exports it: REST rows,
+    REST columns and gRPC answers equal the in-process Keras model to 1e-5."""
+    from models.config import TrainConfig
+    from models.network import build_model, export_saved_model
+    from models.network import predict as keras_predict
+
+    client, app, settings, registry = served
+    window, features = 6, 3
+    model = build_model(window, features, TrainConfig(lstm_units=(8,), dense_units=4))
+    version = registry.register(
+        "rul_keras", lambda d: export_saved_model(model, d, window, features), {"metrics": {}}
+    )
+    registry.promote("rul_keras", version)
+    app.state.refresh_models()
+    x = np.random.default_rng(13).normal(size=(5, window, features)).astype(np.float32)
+    expected = keras_predict(model, x)
+    headers = {"X-API-Key": KEYS["operator"]}
+    rows = client.post(
+        "/v1/models/rul_keras:predict", headers=headers, json={"instances": x.tolist()}
+    ).json()["predictions"]
+    columns = client.post(
+        "/v1/models/rul_keras:predict", headers=headers, json={"inputs": {"window": x.tolist()}}
+    ).json()["outputs"]
+    with grpc.insecure_channel(f"127.0.0.1:{settings.grpc_port}") as channel:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "rul_keras"
+        request.inputs["window"].CopyFrom(tf.make_tensor_proto(x))
+        response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
+            request, timeout=30
+        )
+    for name in ("rul", "fail_prob"):
+        np.testing.assert_allclose([r[name] for r in rows], expected[name], atol=1e-5)
+        np.testing.assert_allclose(columns[name], expected[name], atol=1e-5)
+        np.testing.assert_allclose(
+            tf.make_ndarray(response.outputs[name]), expected[name], atol=1e-5
+        )
+
+
 def test_shadow_scoring_reports_disagreement(served):
     client, app, *_ = served
     x = windows(4, seed=7)
