@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONDONTWRITEBYTECODE :=
 PYTEST_ARGS ?=
+# Test files run on 2 workers: most test time waits on JVMs, brokers and streams.
+PYTEST_WORKERS ?= 2
 
 .PHONY: setup test run bench bench-quick lint clean lock up down status
 
@@ -17,7 +19,7 @@ lint: setup
 	$(VENV)/bin/lint-imports
 
 test: setup lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 run: setup
 	$(PY) -m prognos.cli.main run
