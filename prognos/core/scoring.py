@@ -14,7 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from prognos.core.features import ConditionModel, FeatureConfig, min_history_length
+from prognos.core.features import (
+    SETTING_NAMES,
+    ConditionModel,
+    FeatureConfig,
+    compute_features,
+    min_history_length,
+)
 from prognos.core.registry import ALIASES_FILE, FilesystemRegistry, LoadedModel, RegistryError
 from prognos.core.settings import Settings
 
@@ -64,6 +70,14 @@ class Champion:
     def predict_rul(self, window: np.ndarray) -> float:
         return float(np.asarray(self.model.predict(window)["rul"]).reshape(-1)[0])
 
+    def predict_ruls(self, windows: np.ndarray, batch_size: int = 512) -> np.ndarray:
+        """Predicted RUL of each window of an (n, window, F) array, in batches."""
+        parts = [
+            np.asarray(self.model.predict(windows[start : start + batch_size])["rul"]).reshape(-1)
+            for start in range(0, len(windows), batch_size)
+        ]
+        return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
+
 
 class ChampionWatcher:
     """The current champion of one model, reloaded when its alias file changes."""
@@ -100,6 +114,28 @@ class ChampionWatcher:
         except RegistryError:
             return None
         return Champion(loaded, ServingSpec.from_metadata(loaded.metadata))
+
+
+def score_latest_windows(champion: Champion, histories: pd.DataFrame) -> dict[str, float]:
+    """Predicted RUL per machine from a frame of machines' recent readings (machine_id,
+    cycle, settings, sensors): each machine's latest window, built as the speed layer
+    builds it (features over its last `history_needed` cycles), scored in batches."""
+    spec = champion.spec
+    machines, windows = [], []
+    for machine_id, history in histories.groupby("machine_id", sort=True):
+        recent = history.sort_values("cycle", kind="stable").tail(spec.history_needed)
+        features = compute_features(recent, spec.condition_model, spec.feature_config)
+        windows.append(model_window(features, spec.input_columns, spec.window)[0])
+        machines.append(machine_id)
+    if not windows:
+        return {}
+    ruls = champion.predict_ruls(np.stack(windows))
+    return dict(zip(machines, map(float, ruls), strict=True))
+
+
+def scoring_input_columns(spec: ServingSpec) -> list[str]:
+    """Reading columns `score_latest_windows` needs besides machine_id and cycle."""
+    return [*SETTING_NAMES, *spec.feature_config.sensors]
 
 
 _watchers: dict[tuple[str, str], ChampionWatcher] = {}

@@ -115,6 +115,12 @@ class Settings(BaseSettings):
     batch_range_margin: float = Field(
         0.1, ge=0, description="Sensor ranges: C-MAPSS training min/max widened by this x span."
     )
+    gold_rul_cap: int = Field(
+        125, ge=1, description="Gold label rul_target: the true RUL capped at this many cycles."
+    )
+    gold_horizon_cycles: int = Field(
+        30, ge=1, description="Gold label fails_within_h: 1 when the true RUL <= this."
+    )
     alert_red_rul: float = Field(15, ge=0, description="Alert level red when RUL <= this.")
     alert_amber_rul: float = Field(30, ge=0, description="Alert level amber when RUL <= this.")
 

@@ -232,10 +232,17 @@ MACHINE_STATE = TableSpec(
         ("predicted_rul", "double"),
         ("model_version", "string"),
         ("run_id", "string"),
+        # added with batch scoring: the alert level of predicted_rul, the latest health
+        # index, the latest readings (settings + sensors) and health features of the
+        # latest cycle (health index rolling mean/std/slope per window).
+        ("alert_level", "string"),
+        ("health_index", "double"),
+        ("sensors", "map<string,double>"),
+        ("features", "map<string,double>"),
     ),
     keys=("machine_id",),
     owner_layer="spark_jobs",
-    description="Batch view: latest state and predicted RUL per machine.",
+    description="Batch view: latest state, health and predicted RUL per machine.",
 )
 
 FLEET_SUMMARY = TableSpec(
@@ -249,6 +256,12 @@ FLEET_SUMMARY = TableSpec(
         ("mean_predicted_rul", "double"),
         ("max_event_time", "timestamp"),
         ("computed_at", "timestamp"),
+        # added with batch scoring: machines per alert level, RUL distribution
+        ("machines_by_level", "map<string,long>"),
+        ("rul_p10", "double"),
+        ("rul_p50", "double"),
+        ("rul_p90", "double"),
+        ("max_predicted_rul", "double"),
     ),
     keys=("run_id",),
     owner_layer="spark_jobs",
@@ -364,14 +377,16 @@ GOLD_KEY_COLUMNS = (
     ("event_time", "timestamp"),
     ("condition", "int"),
 )
+# Labels where the true RUL is known (null elsewhere): RUL, RUL capped, fails within H.
+GOLD_LABEL_COLUMNS = (("rul", "double"), ("rul_target", "double"), ("fails_within_h", "double"))
 
 
 def gold_features_spec(feature_columns: Iterable[str]) -> TableSpec:
-    """The gold feature table for a list of (double) feature columns."""
+    """The gold feature table for a list of (double) feature columns, then the labels."""
     features = tuple((name, "double") for name in feature_columns)
     return TableSpec(
         "gold_features",
-        _cols(*GOLD_KEY_COLUMNS, *features),
+        _cols(*GOLD_KEY_COLUMNS, *features, *GOLD_LABEL_COLUMNS),
         keys=("machine_id", "cycle"),
         owner_layer="spark_jobs",
         description="Model features per machine and cycle, computed by the shared "
@@ -505,6 +520,7 @@ def create_table(spark, name: str | TableSpec, settings: Settings) -> Path:
     _check_location(spec, path)
     if is_delta_table(path):
         if (str(path), spec.columns) not in _VERIFIED:
+            _add_new_columns(spark, spec, path)
             check_schema(spark.read.format("delta").load(str(path)), spec)
             _VERIFIED.add((str(path), spec.columns))
         return path
@@ -517,6 +533,21 @@ def create_table(spark, name: str | TableSpec, settings: Settings) -> Path:
         builder = builder.comment(spec.description)
     builder.execute()
     return path
+
+
+def _add_new_columns(spark, spec: TableSpec, path: Path) -> list[str]:
+    """Bring a table written by an older release up to the catalog: when the catalog only
+    adds columns (no extra column, no changed type), ALTER TABLE ADD COLUMNS (null in old
+    rows). Any other difference is left for check_schema to refuse."""
+    existing = spark.read.format("delta").load(str(path)).schema
+    problems = schema_differences(existing, spec.spark_schema)
+    if not problems or not all(p.startswith("missing column ") for p in problems):
+        return []
+    present = set(existing.fieldNames())
+    added = [c for c in spec.columns if c.name not in present]
+    columns = ", ".join(f"`{c.name}` {spark_type(c.type).simpleString()}" for c in added)
+    spark.sql(f"ALTER TABLE delta.`{path}` ADD COLUMNS ({columns})")
+    return [c.name for c in added]
 
 
 def create_tables(spark, settings: Settings, names: Iterable[str] | None = None) -> list[Path]:
