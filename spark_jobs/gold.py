@@ -2,19 +2,24 @@
 
 prognos.core.features (also used by the speed layer) runs per machine with applyInPandas;
 a feature row for cycle c uses only cycles <= c. Condition models are learned from the
-C-MAPSS training data of each machine's subset (machine ids start with it). The table is
-recomputed from the full silver history and overwritten: a rerun gives the same rows.
+C-MAPSS training data of each machine's subset (machine ids start with it). Labels where
+the true RUL is known (C-MAPSS train and test engines, by id): rul, rul_target capped at
+PROGNOS_GOLD_RUL_CAP, fails_within_h (rul <= PROGNOS_GOLD_HORIZON_CYCLES); null elsewhere.
+The table is recomputed from the full silver history and overwritten: a rerun gives the
+same rows.
 """
 
 from __future__ import annotations
 
 import json
+import re
 
 from prognos.core import lake
 from prognos.core.settings import Settings, get_settings
-from prognos.core.tables import get_table, is_delta_table, table_path
+from prognos.core.tables import GOLD_LABEL_COLUMNS, get_table, is_delta_table, table_path
 
 DEFAULT_SUBSET = "FD001"
+CMAPSS_ID = re.compile(r"(?P<subset>FD00[1-4])-(?P<split>train|test)-(?P<unit>\d{4})")
 
 
 def subset_of(machine_id: str) -> str:
@@ -37,6 +42,9 @@ def features_per_machine(models_json: dict):
     """An applyInPandas function: one machine's silver history -> its gold rows."""
     columns = get_table("gold_features").column_names
 
+    labels = {name for name, _ in GOLD_LABEL_COLUMNS}
+    columns = [c for c in columns if c not in labels]
+
     def compute(history):
         from prognos.core.features import ConditionModel, compute_features
 
@@ -52,6 +60,53 @@ def features_per_machine(models_json: dict):
     return compute
 
 
+def failure_cycles(machines, settings: Settings) -> dict[str, int]:
+    """machine id -> cycle of failure, where the C-MAPSS files tell it: a train engine fails
+    right after its last cycle (run to failure), a test engine RUL_FD00x cycles after its
+    last one. Scaled copies (-cNN) and unknown ids have no known failure."""
+    from prognos.core.data import load_cmapss
+    from prognos.core.errors import DataFileError
+
+    wanted: dict[tuple[str, str], set[int]] = {}
+    for machine in machines:
+        match = CMAPSS_ID.fullmatch(str(machine))
+        if match:
+            wanted.setdefault((match["subset"], match["split"]), set()).add(int(match["unit"]))
+    failures = {}
+    for (subset, split), units in sorted(wanted.items()):
+        try:
+            frame = load_cmapss(subset, split, settings)
+        except DataFileError:  # e.g. no RUL file for the test split: labels stay null
+            continue
+        frame = frame[frame["machine_id"].isin(units)]
+        at_failure = (frame["cycle"] + frame["rul"]).groupby(frame["machine_id"]).first()
+        for unit, cycle in at_failure.items():
+            failures[f"{subset}-{split}-{int(unit):04d}"] = int(cycle)
+    return failures
+
+
+def with_labels(spark, gold, failures: dict[str, int], settings: Settings):
+    """rul, rul_target (capped) and fails_within_h where the failure cycle is known."""
+    from pyspark.sql import functions as F
+
+    known = spark.createDataFrame(list(failures.items()), "machine_id string, failure_cycle long")
+    rul = (F.col("failure_cycle") - F.col("cycle")).cast("double")
+    return (
+        gold.join(F.broadcast(known), "machine_id", "left")
+        .withColumn("rul", rul)
+        .withColumn(  # least() skips nulls: an unknown RUL must stay null
+            "rul_target", F.when(rul.isNotNull(), F.least(rul, F.lit(float(settings.gold_rul_cap))))
+        )
+        .withColumn(
+            "fails_within_h",
+            F.when(rul.isNull(), None).otherwise(
+                (rul <= settings.gold_horizon_cycles).cast("double")
+            ),
+        )
+        .drop("failure_cycle")
+    )
+
+
 def build(spark, settings: Settings, run_id: str) -> dict:
     """Recompute gold from silver; return the versions read and written."""
     from pyspark.sql import functions as F
@@ -64,16 +119,25 @@ def build(spark, settings: Settings, run_id: str) -> dict:
     subsets = sorted({subset_of(machine) for machine in machines}) or [DEFAULT_SUBSET]
     models = {name: model.to_json() for name, model in condition_models(subsets).items()}
     spec = get_table("gold_features")
-    gold = (
+    features = (
         silver.select("machine_id", "cycle", "event_time", *_feature_inputs())
         .groupBy("machine_id")
-        .applyInPandas(features_per_machine(models), spec.spark_schema)
+        .applyInPandas(features_per_machine(models), _without_labels(spec))
         .withColumn("cycle", F.col("cycle").cast("int"))
     )
+    gold = with_labels(spark, features, failure_cycles(machines, settings), settings)
+    gold = gold.select(*spec.column_names)
     metadata = json.dumps({"run_id": run_id, "silver_version": silver_version})
     version = lake.write_table(gold, spec, settings, mode="overwrite", user_metadata=metadata)
     rows = lake.read_table(spark, spec, settings, version=version).count()
     return {"silver_version": silver_version, "gold_version": version, "rows": rows}
+
+
+def _without_labels(spec):
+    from pyspark.sql.types import StructType
+
+    labels = {name for name, _ in GOLD_LABEL_COLUMNS}
+    return StructType([f for f in spec.spark_schema.fields if f.name not in labels])
 
 
 def _feature_inputs() -> list[str]:

@@ -199,6 +199,26 @@ def _gate(counts: dict, max_share: float, batch_id: int) -> None:
         )
 
 
+def silver_frame_of_fleet(fleet, start: datetime, cycle_seconds: float = 60.0, source="fleet"):
+    """Silver rows (pandas, the silver schema's columns) of a fleet frame from
+    prognos.core.replay.fleet_frame, as if replayed and ingested: for benchmarks and
+    tests that start from silver instead of Kafka (Kafka coordinates are synthetic)."""
+    import numpy as np
+    import pandas as pd
+
+    columns = get_table("silver").column_names
+    frame = fleet.rename(columns={"machine_id": "unit", "machine": "machine_id"})
+    return frame.assign(
+        cycle=frame["cycle"].astype("int32"),
+        event_time=pd.Timestamp(start) + pd.to_timedelta(frame["cycle"] * cycle_seconds, "s"),
+        source=source,
+        schema_version=np.int32(1),
+        kafka_partition=np.int32(0),
+        kafka_offset=np.arange(len(frame), dtype=np.int64),
+        ingest_time=pd.Timestamp(start),
+    )[columns]
+
+
 def run(spark, settings: Settings, run_id: str, timeout_s: float = 900) -> dict:
     """Process every bronze row not yet seen; return the totals of this run."""
     from prognos.core import quality

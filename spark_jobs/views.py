@@ -1,46 +1,111 @@
 """Batch views + manifest: machine_state and fleet_summary, published atomically.
 
-The manifest names exactly what the views cover: per Kafka partition the next offset
-after the last bronze record handled (kept in silver or quarantined), the max event time,
-the Delta versions of the input tables, the model version used and the run id.
-Batch scoring is not wired yet: predicted RUL and model version are null (the registry's
-champion, if any, is recorded in the manifest details).
+machine_state holds per machine the latest cycle and event time, the latest readings,
+the health features of the latest gold row, and the RUL the registry's champion predicts
+for the machine's latest window (built and scored with the code the speed layer uses,
+prognos.core.scoring), with its alert level. Without a champion the views are published
+with null predictions (alert level "unknown") and a warning. The manifest names exactly
+what the views cover: per Kafka partition the next offset after the last bronze record
+handled (kept in silver or quarantined), the max event time, the Delta versions of the
+input tables, the model version used and the run id.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 
 from prognos.core import lake
+from prognos.core.alerting import ALERT_LEVELS, alert_level
+from prognos.core.features import HEALTH
 from prognos.core.settings import Settings, get_settings
 from prognos.core.tables import get_table, is_delta_table, table_path
 
+log = logging.getLogger("prognos.views")
 
-def machine_state(silver, run_id: str, model_version: str | None):
-    """One row per machine: latest cycle, its event time, readings count, prediction."""
+READINGS = [f"setting_{i}" for i in range(1, 4)] + [f"sensor_{i}" for i in range(1, 22)]
+RUL_QUANTILES = {"rul_p10": 0.1, "rul_p50": 0.5, "rul_p90": 0.9}
+
+
+def latest_rows(frame, rows: int = 1):
+    """The last `rows` cycles of each machine."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    newest_first = Window.partitionBy("machine_id").orderBy(F.col("cycle").desc())
+    ranked = frame.withColumn("_rank", F.row_number().over(newest_first))
+    return ranked.where(F.col("_rank") <= rows).drop("_rank")
+
+
+def _as_map(columns):
+    from pyspark.sql import functions as F
+
+    pairs = [part for name in columns for part in (F.lit(name), F.col(name).cast("double"))]
+    return F.create_map(*pairs)
+
+
+def health_features(gold):
+    """Per machine, the latest gold row's health index and its rolling features."""
+    from pyspark.sql import functions as F
+
+    names = [c for c in gold.columns if c.startswith(f"{HEALTH}_")]
+    return latest_rows(gold).select(
+        "machine_id", F.col(HEALTH).alias("health_index"), _as_map(names).alias("features")
+    )
+
+
+def machine_state(spark, silver, gold, predictions: dict, run_id: str, model_version, settings):
+    """One row per machine: latest cycle and readings, health, prediction, alert level."""
     from pyspark.sql import functions as F
 
     spec = get_table("machine_state")
-    latest = silver.groupBy("machine_id").agg(
+    counts = silver.groupBy("machine_id").agg(
         F.max("cycle").alias("last_cycle"),
         F.max("event_time").alias("last_event_time"),
         F.count("*").alias("readings_count"),
     )
-    return latest.select(
+    readings = latest_rows(silver).select("machine_id", _as_map(READINGS).alias("sensors"))
+    state = counts.join(readings, "machine_id", "left")
+    if gold is not None:
+        state = state.join(health_features(gold), "machine_id", "left")
+    scored = spark.createDataFrame(
+        [(m, rul, alert_level(rul, settings)) for m, rul in predictions.items()],
+        "machine_id string, predicted_rul double, alert_level string",
+    )
+    state = state.join(scored, "machine_id", "left")
+    return state.select(
         "machine_id",
         "last_cycle",
         "last_event_time",
         "readings_count",
-        F.lit(None).cast("double").alias("predicted_rul"),
+        F.col("predicted_rul"),
         F.lit(model_version).cast("string").alias("model_version"),
         F.lit(run_id).alias("run_id"),
+        F.coalesce("alert_level", F.lit("unknown")).alias("alert_level"),
+        _column_or_null(state, "health_index", "double"),
+        "sensors",
+        _column_or_null(state, "features", "map<string,double>"),
     ).select(*spec.column_names)
 
 
+def _column_or_null(frame, name: str, type_name: str):
+    from pyspark.sql import functions as F
+
+    return F.col(name) if name in frame.columns else F.lit(None).cast(type_name).alias(name)
+
+
 def fleet_summary(spark, state, run_id: str, computed_at, settings: Settings):
+    """One row: machines and readings, machines per alert level, RUL distribution."""
     from pyspark.sql import functions as F
 
     spec = get_table("fleet_summary")
+    per_level = [
+        F.sum(F.when(F.col("alert_level") == level, 1).otherwise(0)).cast("long").alias(level)
+        for level in ALERT_LEVELS
+    ]
+    quantiles = [
+        F.percentile("predicted_rul", F.lit(q)).alias(name) for name, q in RUL_QUANTILES.items()
+    ]
     row = state.agg(
         F.count("*").alias("machines"),
         F.coalesce(F.sum("readings_count"), F.lit(0)).alias("readings"),
@@ -49,7 +114,13 @@ def fleet_summary(spark, state, run_id: str, computed_at, settings: Settings):
         ),
         F.min("predicted_rul").alias("min_predicted_rul"),
         F.avg("predicted_rul").alias("mean_predicted_rul"),
+        F.max("predicted_rul").alias("max_predicted_rul"),
         F.max("last_event_time").alias("max_event_time"),
+        *per_level,
+        *quantiles,
+    )
+    by_level = F.create_map(
+        *[part for level in ALERT_LEVELS for part in (F.lit(level), F.coalesce(level, F.lit(0)))]
     )
     return row.select(
         F.lit(run_id).alias("run_id"),
@@ -60,6 +131,9 @@ def fleet_summary(spark, state, run_id: str, computed_at, settings: Settings):
         "mean_predicted_rul",
         "max_event_time",
         F.lit(computed_at).cast("timestamp").alias("computed_at"),
+        by_level.alias("machines_by_level"),
+        *RUL_QUANTILES,
+        "max_predicted_rul",
     ).select(*spec.column_names)
 
 
@@ -83,15 +157,30 @@ def covered_offsets(spark, settings: Settings, versions: dict) -> dict[int, int]
     return offsets
 
 
-def champion_version(settings: Settings) -> str | None:
-    """The registry's champion of the serving model, or None."""
-    try:
-        from prognos.core.registry import FilesystemRegistry
+def load_champion(settings: Settings):
+    """The registry's champion of the serving model (loaded), or None with a warning."""
+    from prognos.core.scoring import champion_watcher
 
-        registry = FilesystemRegistry(settings.registry)
-        return str(registry.champion(settings.serving_model))
-    except Exception:  # no registry, no model, no champion: views carry no prediction
-        return None
+    champion = champion_watcher(settings).current()
+    if champion is None:
+        log.warning(
+            "no champion of model %r in the registry %s: machine_state is published with "
+            "null predicted_rul and alert level 'unknown'",
+            settings.serving_model,
+            settings.registry,
+        )
+    return champion
+
+
+def predict(silver, champion) -> dict[str, float]:
+    """Predicted RUL per machine: the champion scores each machine's latest window."""
+    if champion is None:
+        return {}
+    from prognos.core.scoring import score_latest_windows, scoring_input_columns
+
+    columns = ["machine_id", "cycle", *scoring_input_columns(champion.spec)]
+    recent = latest_rows(silver.select(*columns), champion.spec.history_needed)
+    return score_latest_windows(champion, recent.toPandas())
 
 
 def build(
@@ -102,16 +191,21 @@ def build(
     if versions.get("silver") is None:
         return {"published": False, "reason": "silver is empty"}
     silver = lake.read_table(spark, "silver", settings, version=versions["silver"])
-    # Batch scoring with the champion is not wired yet: views carry no prediction and
-    # name no model; the champion found (if any) is recorded for lineage.
-    model_version = None
-    state = machine_state(silver, run_id, model_version).persist()
+    gold = None
+    if versions.get("gold_features") is not None:
+        gold = lake.read_table(spark, "gold_features", settings, version=versions["gold_features"])
+    champion = load_champion(settings)
+    model_version = champion.version if champion else None
+    predictions = predict(silver, champion)
+    state = machine_state(spark, silver, gold, predictions, run_id, model_version, settings)
+    state = state.persist()
     summary = fleet_summary(spark, state, run_id, logical_date, settings)
     max_event_time = summary.collect()[0]["max_event_time"]
     details = {
         "input_versions": versions,
         "model_version": model_version,
-        "registry_champion": champion_version(settings),
+        "model": settings.serving_model,
+        "machines_scored": len(predictions),
         "logical_date": str(logical_date),
         "airflow_run_id": airflow_run_id,
     }
@@ -126,7 +220,7 @@ def build(
         spark, settings, {"machine_state": state, "fleet_summary": summary}, manifest
     )
     state.unpersist()
-    return {"published": True, "manifest": row}
+    return {"published": True, "model_version": model_version, "manifest": row}
 
 
 def _input_versions(spark, settings: Settings) -> dict:
@@ -140,6 +234,7 @@ def _input_versions(spark, settings: Settings) -> dict:
 def main(argv=None) -> None:
     from spark_jobs import common
 
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = common.job_parser(__doc__.splitlines()[0]).parse_args(argv)
     settings = get_settings()
     spark = common.session("views", settings)
