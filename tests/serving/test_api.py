@@ -449,6 +449,41 @@ def test_auth_matrix(served, method, path, body, least):
     assert registry.champion(MODEL) == 1
 
 
+OPEN_ROUTES = {
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/openapi.json"),
+    ("GET", "/docs"),
+    ("GET", "/dashboard"),
+    ("GET", "/"),
+}
+
+
+def route_template(path: str) -> str:
+    """The route template a concrete path of ROUTES calls."""
+    for concrete, template in (
+        (f"/{MODEL}", "/{name}"),
+        ("/m2", "/{machine_id}"),
+        ("/versions/1", "/versions/{version}"),
+        ("/versions/2", "/versions/{version}"),
+        ("/labels/champion", "/labels/{label}"),
+    ):
+        path = path.replace(concrete, template)
+    return path
+
+
+def test_the_auth_matrix_covers_every_route(served):
+    _, app, *_ = served
+    served_routes = {
+        (method, route.path)
+        for route in app.routes
+        for method in getattr(route, "methods", None) or ()
+        if method != "HEAD"
+    }
+    in_matrix = {(method, route_template(path)) for method, path, _, _ in ROUTES}
+    assert served_routes - OPEN_ROUTES == in_matrix
+
+
 def test_bearer_header_and_open_routes(served):
     client, *_ = served
     bearer = {"Authorization": f"Bearer {KEYS['reader']}"}

@@ -118,6 +118,10 @@ def test_query_fleet_and_machine(served_cli):
     assert red.returncode == 0 and "FD001-test-0001" in red.stdout and "m2" not in red.stdout
     machine = run(env, "query", "machine", "m3")
     assert machine.returncode == 0 and "speed" in machine.stdout and "run-1" in machine.stdout
+    as_json = run(env, "query", "machine", "m3", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    state = json.loads(as_json.stdout)
+    assert (state["machine_id"], state["source"], state["readings_count"]) == ("m3", "speed", 12)
 
 
 def test_query_errors_are_one_clear_line(served_cli):
