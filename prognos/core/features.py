@@ -8,6 +8,7 @@ layer yields bit-identical features to gold.
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import asdict, dataclass, field
 
@@ -258,12 +259,14 @@ def compute_features(
 
 
 def _rolling_stats(
-    signals: np.ndarray, cycles: np.ndarray, window: int
+    signals: np.ndarray, cycles: np.ndarray, window: int, groups: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Trailing-window mean, std (ddof 0) and least-squares slope per cycle.
 
     Each output row depends only on its own trailing window, computed the same way
     whatever precedes it, so truncated and full histories give identical values.
+    `groups` (one id per row, rows of a group contiguous) stops a window at its group's
+    first row: several machines in one call give exactly their one-by-one values.
     """
     n, width = signals.shape
     if n == 0:
@@ -275,6 +278,10 @@ def _rolling_stats(
     views = np.lib.stride_tricks.sliding_window_view(padded, window, axis=0)  # n, width, w
     xs = np.lib.stride_tricks.sliding_window_view(padded_x, window)  # n, w
     present = ~np.isnan(xs)
+    if groups is not None:
+        padded_groups = np.concatenate([np.full(window - 1, -1), groups])
+        same = np.lib.stride_tricks.sliding_window_view(padded_groups, window) == groups[:, None]
+        present &= same
     count = present.sum(axis=1)
     y = np.where(present[:, None, :], views, 0.0)
     mean = y.sum(axis=2) / count[:, None]
@@ -303,6 +310,73 @@ def compute_features_for_frame(
     if not parts:
         raise FeatureError("no rows to compute features from")
     return pd.concat(parts, ignore_index=True)
+
+
+# rows per vectorised chunk of compute_features_many (bounds its temporary arrays)
+MANY_CHUNK_ROWS = 8192
+
+
+def compute_features_many(
+    frame: pd.DataFrame, condition_model: ConditionModel, config: FeatureConfig | None = None
+) -> pd.DataFrame:
+    """`compute_features` of every machine of a frame in a few vectorised calls, with the
+    same values bit for bit; rows come back sorted by machine and cycle (the order of
+    `frame.sort_values(["machine_id", "cycle"], kind="stable")`)."""
+    config = config or FeatureConfig()
+    _check_model(condition_model, config)
+    _require_columns(frame, [*KEY_COLUMNS, *SETTING_NAMES, *config.sensors])
+    frame = frame.sort_values(["machine_id", "cycle"], kind="stable")
+    groups = pd.factorize(frame["machine_id"])[0]
+    bounds = _chunk_bounds(groups, MANY_CHUNK_ROWS)
+    parts = [
+        _features_of_rows(frame.iloc[start:stop], groups[start:stop], condition_model, config)
+        for start, stop in itertools.pairwise(bounds)
+    ]
+    if not parts:
+        return compute_features(frame, condition_model, config)
+    return pd.concat(parts, ignore_index=True)
+
+
+def _chunk_bounds(groups: np.ndarray, rows: int) -> list[int]:
+    """Row offsets cutting the frame into chunks of about `rows`, at group starts only."""
+    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]]) if len(groups) else []
+    bounds = [0]
+    for start in starts:
+        if start - bounds[-1] >= rows:
+            bounds.append(int(start))
+    if len(groups) > bounds[-1]:
+        bounds.append(len(groups))
+    return bounds
+
+
+def _features_of_rows(
+    history: pd.DataFrame, groups: np.ndarray, model: ConditionModel, config: FeatureConfig
+) -> pd.DataFrame:
+    settings = history[list(SETTING_NAMES)].to_numpy(dtype=np.float64)
+    labels = model.assign(settings)
+    values = history[list(config.sensors)].to_numpy(dtype=np.float64)
+    z = _normalise(values, labels, model)
+    health = (z * np.asarray(model.health_signs)).mean(axis=1, keepdims=True)
+    cycles = history["cycle"].to_numpy(dtype=np.float64)
+    columns: dict[str, np.ndarray] = {
+        "machine_id": history["machine_id"].to_numpy(),
+        "cycle": history["cycle"].to_numpy(),
+        CONDITION: labels.astype(np.int32),
+    }
+    for index, name in enumerate(normalised_columns(config)):
+        columns[name] = z[:, index]
+    columns[HEALTH] = health[:, 0]
+    signals = np.hstack([z, health])
+    names = [*config.sensors, HEALTH]
+    for window in config.windows:
+        mean, std, slope = _rolling_stats(signals, cycles, window, groups)
+        for index, name in enumerate(names):
+            columns[f"{name}_mean_{window}"] = mean[:, index]
+            columns[f"{name}_std_{window}"] = std[:, index]
+            columns[f"{name}_slope_{window}"] = slope[:, index]
+    if "rul" in history.columns:
+        columns["rul"] = history["rul"].to_numpy()
+    return pd.DataFrame(columns)
 
 
 def add_labels(frame: pd.DataFrame, config: FeatureConfig | None = None) -> pd.DataFrame:
