@@ -6,7 +6,9 @@ Builds a fleet (batch view + manifest + speed view, delta-rs) and an (untrained)
 the project's shape in a temporary state dir. Figures: p50/p99 latency and throughput at
 concurrency 1 and 16 (closed loop) and p99 at a paced 200 requests/s (open loop).
 Checks: merged query p99 <= 10 ms at 200 rps; predict p99 <= 20 ms; each <= 2x its
-reference at concurrency 1.
+reference. One more figure, without a check: the merged query at 200 rps while the speed
+view changes every 2 s (each change makes the server rebuild its snapshot), as it does
+while the speed layer runs.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import numpy as np
 from bench._harness import BenchResult, parse_args, percentile
 from prognos.core.settings import Settings, load_settings, settings_env
 
+ROOT = Path(__file__).resolve().parents[1]
 KEY = "bench-key"
 MODEL = "rul_lstm"
 WINDOW, FEATURES = 30, 24
@@ -115,6 +118,68 @@ def build_model(settings: Settings) -> None:
         {"metrics": {"validation": {"rmse": 1.0}}},
     )
     registry.promote(MODEL, version)
+
+
+def write_speed_row(settings: Settings, machines: int, serial: int) -> None:
+    """One more speed-view row (a newer cycle of one machine): a new Delta version."""
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    from prognos.core.tables import get_table, table_path
+
+    schema = get_table("speed_view").arrow_schema
+    row = {name: None for name in schema.names}
+    row.update(
+        machine_id=f"m{serial % machines:05d}",
+        last_cycle=200 + serial,
+        readings_count=1,
+        predicted_rul=50.0,
+        model_version="1",
+        kafka_partition=0,
+        pending_offsets=[10**9 + serial],
+    )
+    write_deltalake(
+        str(table_path("speed_view", settings)), pa.Table.from_pylist([row], schema), mode="append"
+    )
+
+
+SPEED_WRITER = (  # a separate process, so its writes do not hold the client's GIL
+    "import sys, time\n"
+    "sys.path.insert(0, sys.argv[1])\n"
+    "from bench.serving import write_speed_row\n"
+    "from prognos.core.settings import load_settings\n"
+    "settings, serial = load_settings(), 0\n"
+    "print('ready', flush=True)\n"
+    "while True:\n"
+    "    time.sleep(float(sys.argv[3]))\n"
+    "    write_speed_row(settings, int(sys.argv[2]), serial)\n"
+    "    serial += 1\n"
+)
+
+
+class SpeedWriter:
+    """A child process appending a speed-view row every `interval_s` until the block ends."""
+
+    def __init__(self, env: dict, machines: int, interval_s: float = 2.0) -> None:
+        self.args = [sys.executable, "-c", SPEED_WRITER, str(ROOT), str(machines), str(interval_s)]
+        self.env = env
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> SpeedWriter:
+        self.process = subprocess.Popen(self.args, env=self.env, stdout=subprocess.PIPE, text=True)
+        self.process.stdout.readline()  # imports done: they would compete with the server
+        return self
+
+    def __exit__(self, *_) -> None:
+        stop(self.process)
+
+
+def speed_view_version(settings: Settings) -> int:
+    from deltalake import DeltaTable
+
+    from prognos.core.tables import table_path
+
+    return DeltaTable(str(table_path("speed_view", settings))).version()
 
 
 def start_process(args: list[str], env: dict, url: str, log: Path) -> subprocess.Popen:
@@ -269,6 +334,13 @@ def main() -> None:
             result.reference["bare_constant_at_200rps"] = asyncio.run(
                 open_loop(constant, total, 200)
             )
+            before = speed_view_version(settings)
+            with SpeedWriter(env, machines):
+                live = asyncio.run(open_loop(query, max(total, 1200), 200))
+            result.figures["query_at_200rps_speed_view_changing"] = {
+                **live,
+                "speed_view_writes": speed_view_version(settings) - before,
+            }
         finally:
             stop(server)
             stop(bare)

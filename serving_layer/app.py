@@ -45,7 +45,7 @@ def create_app(
     registry = registry or FilesystemRegistry(settings.registry)
 
     def on_swap(snapshot) -> None:
-        metrics.snapshot_swapped(snapshot)
+        metrics.snapshot_swapped(snapshot, snapshots.last_build_s)
         trail.record(snapshot)
         gc.freeze()  # the new snapshot is long-lived: keep it out of full collections
 

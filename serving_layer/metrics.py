@@ -58,6 +58,12 @@ class ServingMetrics:
             registry=r,
         )
         self.snapshot_swaps = Counter("prognos_snapshot_swaps", "Snapshots swapped in", registry=r)
+        self.snapshot_build = Histogram(
+            "prognos_snapshot_build_seconds",
+            "Time to build a snapshot (read changed tables, merge, index)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.snapshot_version = Gauge(
             "prognos_snapshot_table_version",
             "Delta version pinned by the current snapshot",
@@ -81,8 +87,9 @@ class ServingMetrics:
             self.shadow_rmse.labels(model, role).set(vs_truth[role]["rmse"])
             self.shadow_bias.labels(model, role).set(vs_truth[role]["bias"])
 
-    def snapshot_swapped(self, snapshot) -> None:
+    def snapshot_swapped(self, snapshot, build_s: float) -> None:
         self.snapshot_swaps.inc()
+        self.snapshot_build.observe(build_s)
         for table, version in snapshot.versions.items():
             self.snapshot_version.labels(table).set(-1 if version is None else version)
         for source in ("batch", "speed"):

@@ -15,6 +15,7 @@ import bisect
 import functools
 import json
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -369,6 +370,7 @@ class SnapshotStore:
         self._snapshot = empty_snapshot()
         self._cache = PinnedCache()
         self.refreshed = False
+        self.last_build_s = 0.0
 
     @property
     def current(self) -> Snapshot:
@@ -380,7 +382,9 @@ class SnapshotStore:
         pinned = {k: v for k, v in self._snapshot.versions.items() if k in versions}
         if self.refreshed and pinned == versions:
             return False
+        started = time.perf_counter()
         snapshot = build_snapshot(self.views, versions, self.level_of, self._cache)
+        self.last_build_s = time.perf_counter() - started
         self._snapshot = snapshot
         self.refreshed = True
         if self.on_swap is not None:

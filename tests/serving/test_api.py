@@ -303,6 +303,7 @@ def test_shadow_scoring_reports_disagreement(served):
     assert shadow["mean_abs_disagreement"]["rul"] > 0
     metrics = get(client, "/metrics").text
     assert "prognos_shadow_abs_disagreement_count" in metrics
+    assert "prognos_snapshot_build_seconds_count" in metrics
     assert 'prognos_snapshot_table_version{table="machine_state"}' in metrics
 
 
