@@ -18,7 +18,14 @@ from datetime import datetime
 from prognos.core.alerting import ALERT_LEVELS
 from prognos.core.boundary import uncovered
 
-__all__ = ["ALERT_LEVELS", "Boundary", "latest_boundary", "merge_machine_states"]
+__all__ = [
+    "ALERT_LEVELS",
+    "Boundary",
+    "batch_states",
+    "latest_boundary",
+    "merge_machine_states",
+    "overlay_speed",
+]
 
 
 @dataclass(frozen=True)
@@ -68,24 +75,45 @@ def merge_machine_states(
 
     `offsets` is the pinned manifest's next offset per partition ({} before any batch).
     """
-    merged = {
+    return overlay_speed(batch_states(batch_rows, level_of), speed_rows, offsets, level_of)[0]
+
+
+def batch_states(
+    batch_rows: Iterable[Mapping], level_of: Callable[[float | None], str]
+) -> dict[str, dict]:
+    """The state of every machine the batch view holds."""
+    return {
         row["machine_id"]: _state(row, "batch", row["last_cycle"], row["readings_count"], level_of)
         for row in batch_rows
     }
+
+
+def overlay_speed(
+    base: Mapping[str, dict],
+    speed_rows: Iterable[Mapping],
+    offsets: Mapping[int, int],
+    level_of: Callable[[float | None], str],
+) -> tuple[dict[str, dict], set[str]]:
+    """`base` (batch states, never modified) with the speed rows merged in, and the ids
+    whose state differs from `base`."""
+    merged, changed = dict(base), set()
     for speed in speed_rows:
         pending = _uncovered_offsets(speed, offsets)
         if not pending:
             continue  # everything this row saw is covered by the batch views
-        batch = merged.get(speed["machine_id"])
+        machine_id = speed["machine_id"]
+        batch = merged.get(machine_id)
         batch_cycle = batch["batch_cycle"] if batch else None
         batch_count = batch["readings_count"] if batch else 0
+        changed.add(machine_id)
         if batch is not None and not _beyond(speed.get("last_cycle"), batch_cycle):
-            batch["readings_count"] += len(pending)  # late readings: counted, state stays
+            # late readings: counted, the state stays
+            merged[machine_id] = {**batch, "readings_count": batch_count + len(pending)}
             continue
-        merged[speed["machine_id"]] = _state(
+        merged[machine_id] = _state(
             speed, "speed", batch_cycle, batch_count + len(pending), level_of
         )
-    return merged
+    return merged, changed
 
 
 def _uncovered_offsets(speed: Mapping, offsets: Mapping[int, int]) -> list[int]:

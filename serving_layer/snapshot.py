@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from serving_layer.merge import ALERT_LEVELS, Boundary, latest_boundary, merge_machine_states
+from serving_layer.merge import ALERT_LEVELS, Boundary, batch_states, latest_boundary, overlay_speed
 
 SORTS = ("rul", "-rul", "alert_level", "-alert_level", "machine_id", "-machine_id")
 LEVEL_RANK = {level: rank for rank, level in enumerate(ALERT_LEVELS)}
@@ -135,26 +135,39 @@ def build_snapshot(
         versions["batch_manifest"],
         lambda: _boundary(views, versions["batch_manifest"]),
     )
-    batch_rows: list[dict] = []
-    if boundary is not None and "machine_state" in boundary.table_versions:
-        versions["machine_state"] = boundary.table_versions["machine_state"]
-        batch_rows = cache.get(
-            "machine_state",
-            versions["machine_state"],
-            lambda: views.read("machine_state", versions["machine_state"]).to_pylist(),
-        )
-    speed_rows = _read_pinned(views, "speed_view", versions).to_pylist()
-    offsets = boundary.partition_offsets if boundary is not None else {}
-    machines = merge_machine_states(batch_rows, speed_rows, offsets, level_of)
     history, slices = cache.get(
         "silver",
         versions["silver"],
         lambda: _index_history(_read_pinned(views, "silver", versions)),
     )
-    _attach_latest_sensors(machines, history, slices)
-    machines = {machine_id: json_ready(state) for machine_id, state in machines.items()}
+    base: dict[str, dict] = {}
+    if boundary is not None and "machine_state" in boundary.table_versions:
+        versions["machine_state"] = boundary.table_versions["machine_state"]
+        # served-ready batch states, kept while neither the batch view nor silver changes:
+        # a speed-view change only re-merges the machines its rows name
+        base = cache.get(
+            "batch_states",
+            (versions["machine_state"], versions["silver"]),
+            lambda: _ready(
+                batch_states(
+                    views.read("machine_state", versions["machine_state"]).to_pylist(), level_of
+                ),
+                history,
+                slices,
+            ),
+        )
+    speed_rows = _read_pinned(views, "speed_view", versions).to_pylist()
+    offsets = boundary.partition_offsets if boundary is not None else {}
+    machines, changed = overlay_speed(base, speed_rows, offsets, level_of)
+    machines.update(_ready({m: machines[m] for m in changed}, history, slices))
     alerts = cache.get("alerts", versions["alerts"], lambda: _sorted_alerts(views, versions))
     return Snapshot(versions, boundary, machines, _orders(machines), alerts, history, slices)
+
+
+def _ready(states: dict[str, dict], history: pa.Table, slices: dict) -> dict[str, dict]:
+    """States as served: latest sensors attached, JSON-ready values (new dicts)."""
+    _attach_latest_sensors(states, history, slices)
+    return {machine_id: json_ready(state) for machine_id, state in states.items()}
 
 
 def _boundary(views, version: int | None) -> Boundary | None:
