@@ -35,6 +35,21 @@ class SpeedMetrics:
             registry=r,
         )
         self.batches = Counter(f"{PREFIX}_batches", "Micro-batches written", registry=r)
+        self.write_phase = Counter(
+            f"{PREFIX}_write_phase_seconds",
+            "foreachBatch time by phase (state: Kafka read + state function; then writes)",
+            ["phase"],
+            registry=r,
+        )
+        self.trigger_phase = Counter(
+            f"{PREFIX}_trigger_phase_seconds",
+            "Micro-batch time by Spark phase (durationMs of the query progress)",
+            ["phase"],
+            registry=r,
+        )
+        self.progress_batches = Counter(
+            f"{PREFIX}_progress_batches", "Micro-batches reported by the listener", registry=r
+        )
         self.records = Counter(f"{PREFIX}_records", "Records routed, by kind", ["kind"], registry=r)
 
     @classmethod
@@ -45,9 +60,13 @@ class SpeedMetrics:
         spark.streams.addListener(metrics.listener())
         return metrics
 
-    def batch_written(self, counts: dict, max_event_time, seconds: float) -> None:
+    def batch_written(
+        self, counts: dict, max_event_time, seconds: float, phases: dict | None = None
+    ) -> None:
         self.batches.inc()
         self.write_duration.set(seconds)
+        for phase, spent in (phases or {}).items():
+            self.write_phase.labels(phase).inc(spent)
         for kind in ("dead", "late", "view", "alert"):
             self.records.labels(kind).inc(counts.get(kind, 0))
         if max_event_time is not None:
@@ -58,6 +77,9 @@ class SpeedMetrics:
         self.input_rate.set(progress.inputRowsPerSecond or 0.0)
         self.batch_duration.set((progress.batchDuration or 0) / 1000.0)
         self.state_rows.set(sum(op.numRowsTotal for op in progress.stateOperators or []))
+        self.progress_batches.inc()
+        for phase, millis in (progress.durationMs or {}).items():
+            self.trigger_phase.labels(phase).inc(millis / 1000.0)
 
     def listener(self):
         from pyspark.sql.streaming import StreamingQueryListener

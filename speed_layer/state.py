@@ -99,10 +99,12 @@ class History:
     def frame(self, machine_id: str) -> pd.DataFrame:
         cycles = sorted(self.rows)
         values = np.vstack([self.rows[c][2] for c in cycles])
-        frame = pd.DataFrame(values, columns=list(READING_COLUMNS))
-        frame.insert(0, "cycle", np.asarray(cycles, dtype=np.int64))
-        frame.insert(0, "machine_id", machine_id)
-        return frame
+        columns = {
+            "machine_id": np.full(len(cycles), machine_id, dtype=object),
+            "cycle": np.asarray(cycles, dtype=np.int64),
+        }
+        columns.update(zip(READING_COLUMNS, values.T, strict=True))
+        return pd.DataFrame(columns)
 
 
 def make_state_function(settings: Settings):
@@ -199,8 +201,9 @@ def _scored(machine_id: str, history: History, champion: Champion | None, settin
         )
         window = model_window(frame, champion.spec.input_columns, champion.spec.window)
         rul = champion.predict_rul(window)
-        last = frame.iloc[-1]
-        features = {c: float(last[c]) for c in frame.columns if c not in ("machine_id", "cycle")}
+        names = [c for c in frame.columns if c not in ("machine_id", "cycle")]
+        last = frame[names].iloc[-1:].to_numpy(dtype=np.float64)[0]
+        features = dict(zip(names, map(float, last), strict=True))
     level = alerting.alert_level(rul, settings)
     view = dict.fromkeys(OUTPUT_COLUMNS) | {
         "kind": "view",

@@ -24,6 +24,7 @@ from prognos.core.tables import create_table, get_table, table_path
 
 QUERY_NAME = "speed-layer"
 CONCURRENT_RETRIES = 5
+SHUFFLE_PARTITIONS = "spark.sql.shuffle.partitions"
 
 
 def checkpoint_dir(settings: Settings) -> Path:
@@ -97,28 +98,37 @@ class BatchWriter:
 
     def __call__(self, batch_df, batch_id: int) -> None:
         started = time.monotonic()
+        phases = PhaseClock()
         # The state output is small (one row per machine touched, plus bad/late records):
         # collect it once instead of recomputing it for every write. Always collected, also
         # for a batch already written: Spark requires the state stores of every batch to
         # commit, which needs the whole DataFrame processed.
         frame = batch_df.toPandas()
+        phases.lap("state")
         if self._already_written(batch_id):
             return
+        phases.lap("check")
         counts = frame["kind"].value_counts().to_dict()
         spark = batch_df.sparkSession
         kinds = {kind: frame[frame["kind"] == kind] for kind in ("dead", "late", "alert", "view")}
         if len(kinds["dead"]):
             self._send_dead_letters(kinds["dead"])
+            phases.lap("dead")
         if len(kinds["late"]):
             self._write_late(spark, kinds["late"], batch_id)
+            phases.lap("late")
         if len(kinds["alert"]):
             self._write_alerts(spark, kinds["alert"], batch_id)
+            phases.lap("alerts")
         max_event_time = None
         if len(kinds["view"]):
             max_event_time = kinds["view"]["event_time"].max()
-            self._merge_views(spark, kinds["view"], batch_id)
+            self._merge_views(kinds["view"], batch_id)
+            phases.lap("merge")
         if self.metrics is not None:
-            self.metrics.batch_written(counts, max_event_time, time.monotonic() - started)
+            self.metrics.batch_written(
+                counts, max_event_time, time.monotonic() - started, phases.spent
+            )
 
     def _already_written(self, batch_id: int) -> bool:
         """True when the speed view (written last) already holds this batch."""
@@ -179,12 +189,46 @@ class BatchWriter:
             )
         )
 
-    def _merge_views(self, spark, views, batch_id: int) -> None:
+    def _merge_views(self, views, batch_id: int) -> None:
         """Merge machine rows into speed_view; rows whose readings the newest manifest
-        covers entirely delete the machine's row (the batch view answers for it)."""
-        from delta.tables import DeltaTable
+        covers entirely delete the machine's row (the batch view answers for it).
 
-        covered = boundary.manifest_offsets(self.settings)
+        Written with delta-rs from the driver: the view is one small file, and a MERGE
+        through Spark costs seconds of jobs per micro-batch. The commit carries
+        (app id, batch id) as a Delta app transaction, which `_already_written` checks.
+        """
+        from deltalake import CommitProperties, DeltaTable, Transaction
+
+        spec = get_table("speed_view")
+        columns = {c: f"s.`{c}`" for c in spec.column_names}
+        commit = CommitProperties(app_transactions=[Transaction(self.app_id, batch_id)])
+
+        def merge() -> None:
+            # the boundary is re-read on a retry: a conflict means the expiry just ran
+            source = self._view_rows(views, batch_id, boundary.manifest_offsets(self.settings))
+            table = DeltaTable(str(table_path(spec, self.settings)))
+            (
+                table.merge(
+                    source,
+                    "t.machine_id = s.machine_id",
+                    source_alias="s",
+                    target_alias="t",
+                    commit_properties=commit,
+                )
+                .when_matched_delete("cardinality(s.pending_offsets) = 0")
+                .when_matched_update(columns)
+                .when_not_matched_insert(columns, "cardinality(s.pending_offsets) > 0")
+                .execute()
+            )
+
+        _retrying(merge)
+
+    @staticmethod
+    def _view_rows(views, batch_id: int, covered: dict[int, int]):
+        """The speed_view rows (Arrow) of a batch's view records, offsets the boundary
+        covers removed."""
+        import pyarrow as pa
+
         pending = [
             boundary.uncovered(offsets, partition, covered)
             for offsets, partition in zip(
@@ -201,37 +245,40 @@ class BatchWriter:
             sensors=views["sensors_json"].map(_json_map),
             features=views["features_json"].map(_json_map),
         )
-        source = _spark_frame(spark, rows, "speed_view")
-        target = DeltaTable.forPath(spark, str(table_path("speed_view", self.settings)))
-        columns = get_table("speed_view").column_names
+        schema = get_table("speed_view").arrow_schema
+        return pa.Table.from_pylist(_plain_records(rows, "speed_view"), schema=schema)
 
-        def merge() -> None:
-            (
-                target.alias("t")
-                .merge(source.alias("s"), "t.machine_id = s.machine_id")
-                .whenMatchedDelete("size(s.pending_offsets) = 0")
-                .whenMatchedUpdate(set={c: f"s.`{c}`" for c in columns})
-                .whenNotMatchedInsert(
-                    "size(s.pending_offsets) > 0", values={c: f"s.`{c}`" for c in columns}
-                )
-                .execute()
-            )
 
-        _retrying(lambda: lake.with_idempotent_txn(spark, self.app_id, batch_id, merge))
+class PhaseClock:
+    """Seconds spent per named phase, each lap measured from the previous one."""
+
+    def __init__(self):
+        self.spent: dict[str, float] = {}
+        self._last = time.monotonic()
+
+    def lap(self, phase: str) -> None:
+        now = time.monotonic()
+        self.spent[phase] = self.spent.get(phase, 0.0) + now - self._last
+        self._last = now
 
 
 def _json_map(text):
     return None if text is None or (isinstance(text, float) and pd.isna(text)) else json.loads(text)
 
 
-def _spark_frame(spark, rows, table_name: str):
-    """A Spark DataFrame of a catalog table's columns from a pandas frame."""
+def _plain_records(rows, table_name: str) -> list[dict]:
+    """A pandas frame's rows as plain Python records of a catalog table's columns."""
     spec = get_table(table_name)
-    records = [
+    return [
         {c.name: _plain(record[c.name], c.type) for c in spec.columns}
         for record in rows.to_dict("records")
     ]
-    return spark.createDataFrame(records, schema=spec.spark_schema)
+
+
+def _spark_frame(spark, rows, table_name: str):
+    """A Spark DataFrame of a catalog table's columns from a pandas frame."""
+    spec = get_table(table_name)
+    return spark.createDataFrame(_plain_records(rows, table_name), schema=spec.spark_schema)
 
 
 def _plain(value, type_name: str):
@@ -258,29 +305,44 @@ def _retrying(action, attempts: int = CONCURRENT_RETRIES) -> None:
             action()
             return
         except Exception as error:  # Delta's concurrency errors come through py4j
-            if "Concurrent" not in type(error).__name__ + str(error)[:500] or (
-                attempt == attempts - 1
-            ):
+            if not _is_conflict(error) or attempt == attempts - 1:
                 raise
             time.sleep(0.2 * (attempt + 1))
 
 
+def _is_conflict(error: Exception) -> bool:
+    """A lost commit race: Delta Spark's Concurrent* errors, delta-rs' CommitFailedError."""
+    name = type(error).__name__
+    return "Concurrent" in name + str(error)[:500] or name == "CommitFailedError"
+
+
 def build_query(spark, settings: Settings | None = None, metrics=None, trigger: str | None = None):
-    """Start the speed layer's streaming query and return it."""
+    """Start the speed layer's streaming query and return it.
+
+    trigger: a micro-batch interval (default: settings.speed_trigger), or "availableNow"
+    to process what the topic holds and stop (a catch-up or reference run). Sets the
+    session's shuffle partitions to settings.speed_state_partitions.
+    """
     settings = settings or get_settings()
     for name in ("speed_view", "alerts", "late_rows"):
         create_table(spark, name, settings)
     checkpoint = checkpoint_dir(settings)
     writer = BatchWriter(settings, checkpoint, metrics)
-    return (
+    trigger = trigger or settings.speed_trigger
+    writer = (
         routed_rows(spark, settings)
         .writeStream.queryName(QUERY_NAME)
         .outputMode("append")
         .foreachBatch(writer)
         .option("checkpointLocation", str(checkpoint))
-        .trigger(processingTime=trigger or settings.speed_trigger)
-        .start()
+        .trigger(
+            **({"availableNow": True} if trigger == "availableNow" else {"processingTime": trigger})
+        )
     )
+    # Read when the first batch is planned (asynchronously), then fixed by the checkpoint:
+    # so set on the session, not restored.
+    spark.conf.set(SHUFFLE_PARTITIONS, str(settings.speed_state_partitions))
+    return writer.start()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -289,7 +351,11 @@ def main(argv: list[str] | None = None) -> int:
     from prognos.core.spark import get_spark
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trigger", help="micro-batch interval (default: PROGNOS_SPEED_TRIGGER)")
+    parser.add_argument(
+        "--trigger",
+        help="micro-batch interval (default: PROGNOS_SPEED_TRIGGER), or availableNow: "
+        "process what the topic holds, then stop",
+    )
     args = parser.parse_args(argv)
     settings = get_settings()
     spark = get_spark("prognos-speed", settings)

@@ -97,13 +97,15 @@ def table(settings, name: str) -> pd.DataFrame:
 
 
 def gold_features(settings, history: list[dict], machine_id: str) -> pd.DataFrame:
-    """Gold's own per-machine function over the same readings (silver-like frame)."""
-    from spark_jobs.gold import features_per_machine
+    """Gold's own applyInPandas function over the same readings (silver-like frame)."""
+    from spark_jobs import gold
 
+    # gold groups by machine, or (newer) by buckets of machines: one machine is a bucket
+    compute = getattr(gold, "features_per_bucket", None) or gold.features_per_machine
     model = fit_condition_model(load_cmapss("FD001", "train", settings))
     frame = pd.DataFrame(history).assign(machine_id=machine_id)
     frame["event_time"] = pd.Timestamp("2026-01-01", tz="UTC")
-    return features_per_machine({"FD001": model.to_json()})(frame)
+    return compute({"FD001": model.to_json()})(frame)
 
 
 def test_latest_cycle_of_each_machine_in_speed_view(speed_settings, replayed):
@@ -300,3 +302,7 @@ def test_metrics_count_input_dead_letters_late_rows_and_alerts(metrics, query):
     assert values["prognos_speed_input_rows_total"] >= 207
     assert values["prognos_speed_processing_lag_seconds"] > 0
     assert "prognos_speed_state_rows" in values
+    assert values['prognos_speed_write_phase_seconds_total{phase="merge"}'] > 0
+    assert values['prognos_speed_trigger_phase_seconds_total{phase="addBatch"}'] > 0
+    assert values["prognos_speed_progress_batches_total"] >= values["prognos_speed_batches_total"]
+    assert query.lastProgress["stateOperators"][0]["numShufflePartitions"] == 2

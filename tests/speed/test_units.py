@@ -51,12 +51,15 @@ def test_model_window_pads_short_histories_with_their_first_row():
 def test_metrics_count_routed_records_and_lag():
     metrics = SpeedMetrics()
     newest = datetime.now(UTC) - timedelta(seconds=30)
-    metrics.batch_written({"dead": 2, "late": 1, "view": 3, "alert": 1}, newest, 0.5)
+    phases = {"state": 0.25, "merge": 0.125}
+    metrics.batch_written({"dead": 2, "late": 1, "view": 3, "alert": 1}, newest, 0.5, phases)
     text = generate_latest(metrics.registry).decode()
     assert 'prognos_speed_records_total{kind="dead"} 2.0' in text
     assert 'prognos_speed_records_total{kind="late"} 1.0' in text
     assert 'prognos_speed_records_total{kind="alert"} 1.0' in text
     assert "prognos_speed_write_duration_seconds 0.5" in text
+    assert 'prognos_speed_write_phase_seconds_total{phase="state"} 0.25' in text
+    assert 'prognos_speed_write_phase_seconds_total{phase="merge"} 0.125' in text
     lag = float(
         next(x for x in text.splitlines() if x.startswith("prognos_speed_processing_lag")).split()[
             1
