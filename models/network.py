@@ -22,20 +22,12 @@ def make_deterministic(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def build_model(window: int, n_features: int, config) -> keras.Model:
+def build_model(window: int, n_features: int, config, name: str = "prognos_lstm") -> keras.Model:
     """Stacked LSTM -> dense -> {"rul": cycles (0..cap), "fail_prob": probability}."""
     inputs = keras.Input(shape=(window, n_features), name=INPUT_NAME)
     hidden = inputs
     if config.input_noise > 0:
         hidden = keras.layers.GaussianNoise(config.input_noise, name="input_noise")(hidden)
-    if config.conv_filters > 0:
-        hidden = keras.layers.Conv1D(
-            config.conv_filters,
-            config.conv_kernel,
-            padding="causal",
-            activation="relu",
-            name="conv_front",
-        )(hidden)
     for index, units in enumerate(config.lstm_units):
         last = index == len(config.lstm_units) - 1
         hidden = keras.layers.LSTM(units, return_sequences=not last, name=f"lstm_{index}")(hidden)
@@ -46,7 +38,7 @@ def build_model(window: int, n_features: int, config) -> keras.Model:
         scaled = keras.layers.ReLU(max_value=1.0, name="rul_bounded")(scaled)
     rul = keras.layers.Rescaling(float(config.feature.rul_cap), name="rul")(scaled)
     fail_prob = keras.layers.Dense(1, activation="sigmoid", name="fail_prob")(hidden)
-    model = keras.Model(inputs, {"rul": rul, "fail_prob": fail_prob}, name="prognos_lstm")
+    model = keras.Model(inputs, {"rul": rul, "fail_prob": fail_prob}, name=name)
     cap = float(config.feature.rul_cap)
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
@@ -56,6 +48,17 @@ def build_model(window: int, n_features: int, config) -> keras.Model:
         metrics={"rul": [keras.metrics.RootMeanSquaredError(name="rmse")]},
     )
     return model
+
+
+def average_models(members: list[keras.Model]) -> keras.Model:
+    """One model whose outputs are the mean of the members' outputs."""
+    inputs = keras.Input(shape=tuple(members[0].inputs[0].shape[1:]), name=INPUT_NAME)
+    outputs = [member(inputs) for member in members]
+    averaged = {
+        name: keras.layers.Average(name=name)([output[name] for output in outputs])
+        for name in OUTPUTS
+    }
+    return keras.Model(inputs, averaged, name="prognos_lstm_ensemble")
 
 
 def predict(model: keras.Model, x: np.ndarray) -> dict[str, np.ndarray]:

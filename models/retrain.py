@@ -90,7 +90,10 @@ def load_frames(directory: Path) -> FeatureFrames:
 
 
 def build_dataset(settings: Settings, run_id: str) -> dict:
+    from models.train import check_champion, model_name
+
     config = retrain_config(settings)
+    check_champion(FilesystemRegistry(settings.registry), model_name(config.subset))
     frames = training_frame(
         config.subset, config.feature, settings.retrain_source, config.machines, settings
     )

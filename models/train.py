@@ -23,10 +23,21 @@ from models.dataset import (
 )
 from models.drift import REFERENCE_KEY, feature_reference
 from models.metrics import evaluate, rmse
-from models.network import build_model, export_saved_model, make_deterministic, predict
+from models.network import (
+    average_models,
+    build_model,
+    export_saved_model,
+    make_deterministic,
+    predict,
+)
 from prognos.core.data import SUBSETS, UnknownDatasetError
 from prognos.core.features import FEATURE_VERSION
-from prognos.core.registry import BlessDecision, FilesystemRegistry, ModelRegistry
+from prognos.core.registry import (
+    BlessDecision,
+    FilesystemRegistry,
+    ModelRegistry,
+    validation_metric,
+)
 from prognos.core.settings import get_settings
 
 
@@ -83,6 +94,8 @@ def train_frames(
     """Train on prepared feature frames; evaluate, register and bless."""
     make_deterministic(config.seed)
     check_trainable(frames.train, config.window)
+    if registry is not None:
+        check_champion(registry, model_name(frames.subset))
     model, history, validation, windows = fit(frames.train, config, progress)
     metrics, test = evaluate_model(model, frames, config, validation, len(windows[1]))
     progress(
@@ -98,6 +111,15 @@ def train_frames(
     decision = registry.bless(name, version, margin)
     progress(f"registered {name} version {version}: {decision.alias} ({decision.reason})")
     return TrainResult(name, version, metrics, decision, epochs_run, model, test)
+
+
+def check_champion(registry: ModelRegistry, name: str) -> None:
+    """Fail before training when the current champion cannot be compared with (its version
+    directory is damaged): blessing would fail after the new version was written."""
+    champion = registry.aliases(name).get("champion")
+    if champion is not None:
+        validation_metric(registry.metadata(name, champion))
+        registry.load(name, champion)
 
 
 def evaluate_model(model, frames: FeatureFrames, config: TrainConfig, validation_rmse, count):
@@ -149,18 +171,38 @@ def register_model(registry: ModelRegistry, name: str, model, config, metadata) 
 
 
 def fit(train_frame, config: TrainConfig, progress: Callable[[str], None]):
-    """Train with early stopping on validation machines; returns model and figures."""
-    import keras
+    """Train with early stopping on validation machines; returns model and figures.
 
+    With `config.ensemble` > 1, members with seeds seed, seed+1, ... are trained on the
+    same split and the returned model averages their outputs.
+    """
     train_rows, validation_rows = split_machines(train_frame, config.validation_share, config.seed)
     train = make_windows(train_rows, config.input_columns, config.window)
     validation = make_windows(validation_rows, config.input_columns, config.window)
-    model = build_model(config.window, len(config.input_columns), config)
+    members, history = [], {}
+    for index in range(config.ensemble):
+        if index:
+            make_deterministic(config.seed + index)
+        member, member_history = fit_member(train, validation, config, index, progress)
+        members.append(member)
+        history = history or member_history
+        history.setdefault("member_epochs", []).append(len(member_history["loss"]))
+    model = members[0] if len(members) == 1 else average_models(members)
+    validation_rmse = rmse(predict(model, validation.x)["rul"], validation.rul)
+    return model, history, validation_rmse, (train, validation)
+
+
+def fit_member(train, validation, config: TrainConfig, index: int, progress):
+    import keras
+
+    name = "prognos_lstm" if index == 0 else f"prognos_lstm_{index}"
+    model = build_model(config.window, len(config.input_columns), config, name)
     started = time.monotonic()
+    member = f"member {index + 1}/{config.ensemble} " if config.ensemble > 1 else ""
 
     def report(epoch, logs):
         progress(
-            f"epoch {epoch + 1}/{config.epochs} loss {logs['loss']:.4f} "
+            f"{member}epoch {epoch + 1}/{config.epochs} loss {logs['loss']:.4f} "
             f"rmse {logs.get('rul_rmse', float('nan')):.2f} "
             f"val_rmse {logs.get('val_rul_rmse', float('nan')):.2f} "
             f"({time.monotonic() - started:.0f} s)"
@@ -187,9 +229,7 @@ def fit(train_frame, config: TrainConfig, progress: Callable[[str], None]):
             keras.callbacks.LambdaCallback(on_epoch_end=report),
         ],
     )
-    validation_rmse = rmse(predict(model, validation.x)["rul"], validation.rul)
-    history = {key: [float(v) for v in values] for key, values in result.history.items()}
-    return model, history, validation_rmse, (train, validation)
+    return model, {key: [float(v) for v in values] for key, values in result.history.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
