@@ -1,10 +1,12 @@
-"""Gold features: silver -> gold_features with the shared feature code, per machine.
+"""Gold features: silver -> gold_features with the shared feature code.
 
-prognos.core.features (also used by the speed layer) runs per machine with applyInPandas;
-a feature row for cycle c uses only cycles <= c. Condition models are learned from the
-C-MAPSS training data of each machine's subset (machine ids start with it). Labels where
-the true RUL is known (C-MAPSS train and test engines, by id): rul, rul_target capped at
-PROGNOS_GOLD_RUL_CAP, fails_within_h (rul <= PROGNOS_GOLD_HORIZON_CYCLES); null elsewhere.
+prognos.core.features (also used by the speed layer) runs with applyInPandas over buckets
+of machines (hash of the machine id), vectorised over each bucket's machines with the same
+values as machine by machine; a feature row for cycle c uses only cycles <= c. Condition
+models are learned from the C-MAPSS training data of each machine's subset (machine ids
+start with it). Labels where the true RUL is known (C-MAPSS train and test engines, by
+id): rul, rul_target capped at PROGNOS_GOLD_RUL_CAP, fails_within_h (rul <=
+PROGNOS_GOLD_HORIZON_CYCLES); null elsewhere.
 The table is recomputed from the full silver history and overwritten: a rerun gives the
 same rows.
 """
@@ -38,21 +40,26 @@ def condition_models(subsets) -> dict:
     return {subset: fit_condition_model(load_cmapss(subset, "train")) for subset in subsets}
 
 
-def features_per_machine(models_json: dict):
-    """An applyInPandas function: one machine's silver history -> its gold rows."""
-    columns = get_table("gold_features").column_names
-
+def features_per_bucket(models_json: dict):
+    """An applyInPandas function: the silver histories of a bucket of machines -> their
+    gold rows (vectorised over the bucket's machines, per C-MAPSS subset)."""
     labels = {name for name, _ in GOLD_LABEL_COLUMNS}
-    columns = [c for c in columns if c not in labels]
+    columns = [c for c in get_table("gold_features").column_names if c not in labels]
 
-    def compute(history):
-        from prognos.core.features import ConditionModel, compute_features
+    def compute(histories):
+        import pandas as pd
 
-        machine = history["machine_id"].iloc[0]
-        model = ConditionModel.from_json(models_json[subset_of(machine)])
-        features = compute_features(history, model)
-        times = history.set_index("cycle")["event_time"]
-        features["event_time"] = features["cycle"].map(times).to_numpy()
+        from prognos.core.features import ConditionModel, compute_features_many
+
+        parts = []
+        subsets = histories["machine_id"].map(subset_of)
+        for subset, rows in histories.groupby(subsets, sort=True):
+            model = ConditionModel.from_json(models_json[subset])
+            rows = rows.sort_values(["machine_id", "cycle"], kind="stable")
+            features = compute_features_many(rows, model)
+            features["event_time"] = rows["event_time"].to_numpy()
+            parts.append(features)
+        features = pd.concat(parts, ignore_index=True)
         features["cycle"] = features["cycle"].astype("int32")
         features["condition"] = features["condition"].astype("int32")
         return features[columns]
@@ -119,18 +126,27 @@ def build(spark, settings: Settings, run_id: str) -> dict:
     subsets = sorted({subset_of(machine) for machine in machines}) or [DEFAULT_SUBSET]
     models = {name: model.to_json() for name, model in condition_models(subsets).items()}
     spec = get_table("gold_features")
+    buckets = max(1, settings.spark_shuffle_partitions) * 2
     features = (
         silver.select("machine_id", "cycle", "event_time", *_feature_inputs())
-        .groupBy("machine_id")
-        .applyInPandas(features_per_machine(models), _without_labels(spec))
+        .groupBy(F.pmod(F.xxhash64("machine_id"), F.lit(buckets)).alias("bucket"))
+        .applyInPandas(features_per_bucket(models), _without_labels(spec))
         .withColumn("cycle", F.col("cycle").cast("int"))
     )
     gold = with_labels(spark, features, failure_cycles(machines, settings), settings)
     gold = gold.select(*spec.column_names)
     metadata = json.dumps({"run_id": run_id, "silver_version": silver_version})
     version = lake.write_table(gold, spec, settings, mode="overwrite", user_metadata=metadata)
-    rows = lake.read_table(spark, spec, settings, version=version).count()
+    rows = _rows_written(spark, settings)
     return {"silver_version": silver_version, "gold_version": version, "rows": rows}
+
+
+def _rows_written(spark, settings: Settings) -> int:
+    """Rows of the last gold commit (an overwrite: the whole table), from its metrics."""
+    from delta.tables import DeltaTable
+
+    last = DeltaTable.forPath(spark, str(table_path("gold_features", settings))).history(1)
+    return int(last.collect()[0]["operationMetrics"]["numOutputRows"])
 
 
 def _without_labels(spec):

@@ -49,7 +49,8 @@ def health_features(gold):
     from pyspark.sql import functions as F
 
     names = [c for c in gold.columns if c.startswith(f"{HEALTH}_")]
-    return latest_rows(gold).select(
+    narrow = gold.select("machine_id", "cycle", HEALTH, *names)
+    return latest_rows(narrow).select(
         "machine_id", F.col(HEALTH).alias("health_index"), _as_map(names).alias("features")
     )
 

@@ -130,3 +130,16 @@ def test_a_view_table_of_an_older_release_gets_the_new_columns(spark, tmp_path):
     renamed.write.format("delta").save(str(settings.lake / "fleet_summary"))
     with pytest.raises(SchemaMismatchError):
         tables.create_table(spark, "fleet_summary", settings)
+
+
+def test_features_of_many_machines_at_once_equal_machine_by_machine(monkeypatch):
+    """gold's vectorised path (several machines and chunks per call) = compute_features."""
+    from prognos.core import features as F
+
+    monkeypatch.setattr(F, "MANY_CHUNK_ROWS", 300)  # several chunks, cut at machine starts
+    frame = fleet_frame("FD002", "train", machines=3, scale=2)
+    frame = frame.rename(columns={"machine_id": "unit", "machine": "machine_id"})
+    model = F.fit_condition_model(load_cmapss("FD002", "train"))
+    one_by_one = [F.compute_features(g, model) for _, g in frame.groupby("machine_id")]
+    expected = pd.concat(one_by_one, ignore_index=True)
+    pd.testing.assert_frame_equal(F.compute_features_many(frame, model), expected)
