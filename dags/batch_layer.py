@@ -1,7 +1,8 @@
 """batch_layer: Kafka -> bronze -> silver (GE gate) -> gold -> batch views + manifest.
 
 Thin wiring: each task is a spark-submit of a job in spark_jobs/ (the logic lives there).
-Every task is idempotent by run id / logical date, so retries and backfills are safe.
+Every task is idempotent by run id / logical date, so retries and backfills are safe
+(run a backfill with --max-active-runs 1: the jobs of one lake must not run concurrently).
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ with DAG(
     views = spark_job(
         "views",
         "views",
-        "Build machine_state and fleet_summary; publish them with the manifest atomically.",
+        "Build machine_state (latest state, health features, RUL of the registry's champion "
+        "and its alert level) and fleet_summary; publish them with the manifest atomically.",
         outlets=[Asset(VIEWS_ASSET)],
     )
     expire = spark_job(
