@@ -5,7 +5,8 @@ SavedModel call, in the same run.
 Builds a fleet (batch view + manifest + speed view, delta-rs) and an (untrained) LSTM of
 the project's shape in a temporary state dir. Figures: p50/p99 latency and throughput at
 concurrency 1 and 16 (closed loop) and p99 at a paced 200 requests/s (open loop).
-Checks: merged query p99 <= 10 ms at 200 rps; predict p99 <= 20 ms; each <= 2x its
+Each figure is measured in slices interleaved with its reference (the machine may be
+shared). Checks: merged query p99 <= 10 ms at 200 rps; predict p99 <= 20 ms; each <= 2x its
 reference. One more figure, without a check: the merged query at 200 rps while the speed
 view changes every 2 s (each change makes the server rebuild its snapshot), as it does
 while the speed layer runs.
@@ -14,6 +15,7 @@ while the speed layer runs.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import random
 import socket
@@ -33,6 +35,7 @@ from bench._harness import BenchResult, parse_args, percentile
 from prognos.core.settings import Settings, load_settings, settings_env
 
 ROOT = Path(__file__).resolve().parents[1]
+ROUNDS = 5  # slices per scenario, interleaved with the scenarios it is compared with
 KEY = "bench-key"
 MODEL = "rul_lstm"
 WINDOW, FEATURES = 30, 24
@@ -224,7 +227,7 @@ async def closed_loop(make_request, total: int, concurrency: int) -> dict:
         began = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         elapsed = time.perf_counter() - began
-    return summary(latencies, elapsed)
+    return latencies, elapsed
 
 
 async def open_loop(make_request, total: int, rate: float) -> dict:
@@ -245,7 +248,22 @@ async def open_loop(make_request, total: int, rate: float) -> dict:
             tasks.append(asyncio.create_task(one(client, index)))
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - began
-    return summary(latencies, elapsed)
+    return latencies, elapsed
+
+
+def interleaved(scenarios: dict, total: int) -> dict[str, dict]:
+    """Each scenario in ROUNDS slices alternating with the others (order reversed every
+    other round), so background load on a shared machine hits them alike; a scenario's
+    figures pool the latencies of its slices. A scenario: n -> (latencies, seconds)."""
+    latencies = {name: [] for name in scenarios}
+    elapsed = dict.fromkeys(scenarios, 0.0)
+    for round_index in range(ROUNDS):
+        order = list(scenarios) if round_index % 2 == 0 else list(reversed(scenarios))
+        for name in order:
+            found, seconds = scenarios[name](total // ROUNDS)
+            latencies[name].extend(found)
+            elapsed[name] += seconds
+    return {name: summary(latencies[name], elapsed[name]) for name in scenarios}
 
 
 def summary(latencies: list[float], elapsed: float) -> dict:
@@ -257,22 +275,31 @@ def summary(latencies: list[float], elapsed: float) -> dict:
     }
 
 
-def direct_savedmodel(settings: Settings, total: int, window) -> dict:
+def direct_savedmodel(settings: Settings, window):
+    """n -> latencies of n direct calls of the champion's serving signature (in this
+    process, no HTTP), and their total seconds."""
     import tensorflow as tf
 
     from prognos.core.registry import FilesystemRegistry
 
     signature = FilesystemRegistry(settings.registry).load(MODEL).signature
-    tensor = tf.constant(window)
     for _ in range(20):
-        signature(window=tensor)
-    latencies = []
-    began = time.perf_counter()
-    for _ in range(total):
-        started = time.perf_counter()
         signature(window=tf.constant(window))
-        latencies.append(time.perf_counter() - started)
-    return summary(latencies, time.perf_counter() - began)
+
+    def run(n: int) -> tuple[list[float], float]:
+        latencies = []
+        began = time.perf_counter()
+        for _ in range(n):
+            started = time.perf_counter()
+            signature(window=tf.constant(window))
+            latencies.append(time.perf_counter() - started)
+        return latencies, time.perf_counter() - began
+
+    return run
+
+
+def over_http(make_request, runner, *args):
+    return lambda n: asyncio.run(runner(make_request, n, *args))
 
 
 def main() -> None:
@@ -321,22 +348,40 @@ def main() -> None:
             return client.get(f"http://127.0.0.1:{bare_port}/const")
 
         try:
+            direct = direct_savedmodel(settings, window)
+            # this process holds TensorFlow (model build, direct calls): without this, its
+            # full garbage collections (~0.3 s) stall the client and inflate every p99
+            gc.collect()
+            gc.freeze()
             for concurrency in (1, 16):
-                for name, request in (
-                    ("query", query),
-                    ("predict", predict),
-                    ("bare_constant", constant),
-                ):
-                    figures = asyncio.run(closed_loop(request, total, concurrency))
-                    target = result.reference if name == "bare_constant" else result.figures
-                    target[f"{name}_c{concurrency}"] = figures
-            result.figures["query_at_200rps"] = asyncio.run(open_loop(query, total, 200))
-            result.reference["bare_constant_at_200rps"] = asyncio.run(
-                open_loop(constant, total, 200)
+                scenarios = {
+                    name: over_http(make, closed_loop, concurrency)
+                    for name, make in (
+                        ("query", query),
+                        ("predict", predict),
+                        ("bare_constant", constant),
+                    )
+                }
+                if concurrency == 1:
+                    scenarios["direct_savedmodel"] = direct
+                found = interleaved(scenarios, total)
+                result.figures[f"query_c{concurrency}"] = found["query"]
+                result.figures[f"predict_c{concurrency}"] = found["predict"]
+                result.reference[f"bare_constant_c{concurrency}"] = found["bare_constant"]
+                if concurrency == 1:
+                    result.reference["direct_savedmodel"] = found["direct_savedmodel"]
+            found = interleaved(
+                {
+                    "query": over_http(query, open_loop, 200),
+                    "bare_constant": over_http(constant, open_loop, 200),
+                },
+                total,
             )
+            result.figures["query_at_200rps"] = found["query"]
+            result.reference["bare_constant_at_200rps"] = found["bare_constant"]
             before = speed_view_version(settings)
             with SpeedWriter(env, machines):
-                live = asyncio.run(open_loop(query, max(total, 1200), 200))
+                live = summary(*asyncio.run(open_loop(query, max(total, 1200), 200)))
             result.figures["query_at_200rps_speed_view_changing"] = {
                 **live,
                 "speed_view_writes": speed_view_version(settings) - before,
@@ -344,10 +389,10 @@ def main() -> None:
         finally:
             stop(server)
             stop(bare)
-        result.reference["direct_savedmodel"] = direct_savedmodel(settings, total, window)
     result.notes.append(
         f"{machines} machines (1/4 from the speed view); {total} requests per "
-        "scenario; client is Python httpx (async) on the same machine"
+        f"scenario in {ROUNDS} slices interleaved with its reference; client is Python "
+        "httpx (async) on the same machine"
     )
     query_p99 = result.figures["query_at_200rps"]["p99_ms"]
     predict_p99 = result.figures["predict_c1"]["p99_ms"]
