@@ -26,7 +26,7 @@ class TrainConfig:
     lstm_units: tuple[int, ...] = (64, 32)
     dense_units: int = 16
     dropout: float = 0.2
-    ensemble: int = 1  # members trained with seeds seed, seed+1, ...; outputs averaged
+    ensemble: int = 2  # members trained with seeds seed, seed+1, ...; outputs averaged
     clip_output: bool = False  # bound predicted RUL to [0, rul_cap]
     input_noise: float = 0.0  # std of Gaussian noise added to inputs while training
     patience: int = 15

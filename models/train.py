@@ -189,6 +189,10 @@ def fit(train_frame, config: TrainConfig, progress: Callable[[str], None]):
         history.setdefault("member_epochs", []).append(len(member_history["loss"]))
     model = members[0] if len(members) == 1 else average_models(members)
     validation_rmse = rmse(predict(model, validation.x)["rul"], validation.rul)
+    if len(members) > 1:
+        history["member_validation_rmse"] = [
+            rmse(predict(member, validation.x)["rul"], validation.rul) for member in members
+        ]
     return model, history, validation_rmse, (train, validation)
 
 

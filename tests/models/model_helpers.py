@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-TINY = {"epochs": 3, "lstm_units": (16, 8), "dense_units": 8, "batch_size": 128, "patience": 2}
+TINY = {
+    "epochs": 3,
+    "lstm_units": (16, 8),
+    "dense_units": 8,
+    "batch_size": 128,
+    "patience": 2,
+    "ensemble": 1,
+}
 
 
 def tiny_config(subset: str = "FD001", **overrides):

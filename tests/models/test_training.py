@@ -115,3 +115,15 @@ def test_training_is_deterministic_given_a_seed(small_frames):
     np.testing.assert_array_equal(
         predict(first.keras_model, x)["rul"], predict(second.keras_model, x)["rul"]
     )
+
+
+def test_an_ensemble_averages_its_members(small_frames):
+    import keras
+
+    result = train_frames(small_frames, tiny_config(epochs=1, ensemble=2), progress=print)
+    members = [layer for layer in result.keras_model.layers if isinstance(layer, keras.Model)]
+    assert len(members) == 2
+    x = result.test_windows.x
+    expected = np.mean([predict(member, x)["rul"] for member in members], axis=0)
+    np.testing.assert_allclose(predict(result.keras_model, x)["rul"], expected, atol=1e-4)
+    assert result.metrics["validation"]["rmse"] > 0
