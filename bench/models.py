@@ -69,6 +69,7 @@ def run_subset(subset: str, seeds: int, epochs: int | None, quick: bool, registr
         "rmse_uncapped": spread([t["rmse_uncapped"] for t in test]),
         "f1_fails_within_30": spread([t["fails_within_30"]["f1"] for t in test]),
         "validation_rmse": spread([r.metrics["validation"]["rmse"] for r, _ in runs]),
+        "member_validation_rmse": [r.metrics["validation"].get("members") for r, _ in runs],
         "epochs_run": [r.epochs_run for r, _ in runs],
         "train_seconds": [round(seconds, 1) for _, seconds in runs],
         "versions": [r.version for r, _ in runs],

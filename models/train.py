@@ -98,6 +98,8 @@ def train_frames(
         check_champion(registry, model_name(frames.subset))
     model, history, validation, windows = fit(frames.train, config, progress)
     metrics, test = evaluate_model(model, frames, config, validation, len(windows[1]))
+    if "member_validation_rmse" in history:
+        metrics["validation"]["members"] = history["member_validation_rmse"]
     progress(
         f"{frames.subset}: validation RMSE {validation:.2f}, "
         f"test RMSE {metrics['test']['rmse']:.2f}, score {metrics['test']['score']:.0f}"
