@@ -586,6 +586,7 @@ def run_bench(result: BenchResult, plan: dict, workdir: Path) -> None:
     from speed_layer import service
 
     settings = bench_settings(workdir, result.quick)
+    result.reference["load_average_1m_at_start"] = round(os.getloadavg()[0], 2)
     fleet = watcher = None
     try:
         stack.up(settings)
@@ -624,6 +625,7 @@ def run_bench(result: BenchResult, plan: dict, workdir: Path) -> None:
             fleet.close()
         service.stop(settings, timeout_s=30)
         stack.down(settings)
+    result.reference["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     result.figures["settings"] = {
         "speed_trigger": settings.speed_trigger,
         "spark_shuffle_partitions": settings.spark_shuffle_partitions,

@@ -3,9 +3,11 @@
 Kafka readings -> per-machine state (validation, watermark, history, features, champion
 scoring; speed_layer.state) -> foreachBatch: dead letters to the dead-letter topic (reason
 header), late rows to late_rows, alerts to the alerts topic and table, machine rows merged
-into speed_view. Delta writes carry (query id, batch id) as txnAppId/txnVersion, so a
-batch replayed after a crash changes nothing; Kafka writes are skipped for a batch the
-speed view already holds, and carry deterministic keys for consumers to deduplicate.
+into speed_view. The Delta writes go through delta-rs from the driver (the rows are few;
+a Spark MERGE costs seconds of jobs per micro-batch) and carry (query id, batch id) as a
+Delta app transaction, so a batch replayed after a crash changes nothing; Kafka writes are
+skipped for a batch the speed view already holds, and carry deterministic keys for
+consumers to deduplicate.
 """
 
 from __future__ import annotations
@@ -109,16 +111,15 @@ class BatchWriter:
             return
         phases.lap("check")
         counts = frame["kind"].value_counts().to_dict()
-        spark = batch_df.sparkSession
         kinds = {kind: frame[frame["kind"] == kind] for kind in ("dead", "late", "alert", "view")}
         if len(kinds["dead"]):
             self._send_dead_letters(kinds["dead"])
             phases.lap("dead")
         if len(kinds["late"]):
-            self._write_late(spark, kinds["late"], batch_id)
+            self._write_late(kinds["late"], batch_id)
             phases.lap("late")
         if len(kinds["alert"]):
-            self._write_alerts(spark, kinds["alert"], batch_id)
+            self._write_alerts(kinds["alert"], batch_id)
             phases.lap("alerts")
         max_event_time = None
         if len(kinds["view"]):
@@ -163,16 +164,23 @@ class BatchWriter:
             )
         producer.flush(60)
 
-    def _write_late(self, spark, late, batch_id: int) -> None:
-        rows = late.assign(recorded_at=pd.Timestamp.now(tz="UTC"))
-        frame = _spark_frame(spark, rows, "late_rows")
-        _retrying(
-            lambda: lake.idempotent_append(
-                frame, batch_id, "late_rows", self.settings, f"{self.app_id}-late"
-            )
-        )
+    def _write_late(self, late, batch_id: int) -> None:
+        from deltalake import write_deltalake
 
-    def _write_alerts(self, spark, alerts, batch_id: int) -> None:
+        rows = late.assign(recorded_at=pd.Timestamp.now(tz="UTC"))
+        app_id = f"{self.app_id}-late"
+
+        def append(table) -> None:
+            write_deltalake(
+                table,
+                _arrow(rows, "late_rows"),
+                mode="append",
+                commit_properties=_txn(app_id, batch_id),
+            )
+
+        _retrying(lambda: self._once("late_rows", app_id, batch_id, append))
+
+    def _write_alerts(self, alerts, batch_id: int) -> None:
         rows = alerts.assign(raised_at=pd.Timestamp.now(tz="UTC"))
         columns = get_table("alerts").column_names
         producer = self._producer()
@@ -182,26 +190,44 @@ class BatchWriter:
                 self.settings.topic_alerts, key=record["alert_id"].encode(), value=message
             )
         producer.flush(60)
-        frame = _spark_frame(spark, rows, "alerts")
-        _retrying(
-            lambda: lake.idempotent_merge(
-                frame, batch_id, "alerts", self.settings, f"{self.app_id}-alerts", update=False
+        app_id = f"{self.app_id}-alerts"
+
+        def insert_new(table) -> None:
+            (
+                table.merge(
+                    _arrow(rows, "alerts"),
+                    "t.alert_id = s.alert_id",
+                    source_alias="s",
+                    target_alias="t",
+                    commit_properties=_txn(app_id, batch_id),
+                )
+                .when_not_matched_insert_all()
+                .execute()
             )
-        )
+
+        _retrying(lambda: self._once("alerts", app_id, batch_id, insert_new))
+
+    def _once(self, table_name: str, app_id: str, batch_id: int, write) -> None:
+        """Run a delta-rs write unless the table's app transaction already holds the batch."""
+        from deltalake import DeltaTable
+
+        table = DeltaTable(str(table_path(table_name, self.settings)))
+        done = table.transaction_version(app_id)
+        if done is None or done < batch_id:
+            write(table)
 
     def _merge_views(self, views, batch_id: int) -> None:
         """Merge machine rows into speed_view; rows whose readings the newest manifest
         covers entirely delete the machine's row (the batch view answers for it).
 
-        Written with delta-rs from the driver: the view is one small file, and a MERGE
-        through Spark costs seconds of jobs per micro-batch. The commit carries
-        (app id, batch id) as a Delta app transaction, which `_already_written` checks.
+        The commit carries (app id, batch id) as a Delta app transaction, which
+        `_already_written` checks.
         """
-        from deltalake import CommitProperties, DeltaTable, Transaction
+        from deltalake import DeltaTable
 
         spec = get_table("speed_view")
         columns = {c: f"s.`{c}`" for c in spec.column_names}
-        commit = CommitProperties(app_transactions=[Transaction(self.app_id, batch_id)])
+        commit = _txn(self.app_id, batch_id)
 
         def merge() -> None:
             # the boundary is re-read on a retry: a conflict means the expiry just ran
@@ -227,8 +253,6 @@ class BatchWriter:
     def _view_rows(views, batch_id: int, covered: dict[int, int]):
         """The speed_view rows (Arrow) of a batch's view records, offsets the boundary
         covers removed."""
-        import pyarrow as pa
-
         pending = [
             boundary.uncovered(offsets, partition, covered)
             for offsets, partition in zip(
@@ -245,8 +269,7 @@ class BatchWriter:
             sensors=views["sensors_json"].map(_json_map),
             features=views["features_json"].map(_json_map),
         )
-        schema = get_table("speed_view").arrow_schema
-        return pa.Table.from_pylist(_plain_records(rows, "speed_view"), schema=schema)
+        return _arrow(rows, "speed_view")
 
 
 class PhaseClock:
@@ -275,10 +298,19 @@ def _plain_records(rows, table_name: str) -> list[dict]:
     ]
 
 
-def _spark_frame(spark, rows, table_name: str):
-    """A Spark DataFrame of a catalog table's columns from a pandas frame."""
-    spec = get_table(table_name)
-    return spark.createDataFrame(_plain_records(rows, table_name), schema=spec.spark_schema)
+def _arrow(rows, table_name: str):
+    """An Arrow table of a catalog table's columns from a pandas frame."""
+    import pyarrow as pa
+
+    schema = get_table(table_name).arrow_schema
+    return pa.Table.from_pylist(_plain_records(rows, table_name), schema=schema)
+
+
+def _txn(app_id: str, batch_id: int):
+    """delta-rs commit properties recording (app id, batch id) as a Delta app transaction."""
+    from deltalake import CommitProperties, Transaction
+
+    return CommitProperties(app_transactions=[Transaction(app_id, batch_id)])
 
 
 def _plain(value, type_name: str):
