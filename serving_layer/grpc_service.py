@@ -1,8 +1,13 @@
 """gRPC PredictionService (Predict, GetModelMetadata) from tensorflow-serving-api's protos,
-over the same ModelServer as the REST API, listening on 127.0.0.1 only."""
+over the same ModelServer as the REST API, listening on 127.0.0.1 only.
+
+Like the REST "machines" key, a Predict call may name each row's machine and cycle in the
+call metadata `prognos-machines` (a JSON list), so shadow scoring can use the truth.
+"""
 
 from __future__ import annotations
 
+import json
 from concurrent import futures
 
 import grpc
@@ -16,9 +21,11 @@ from tensorflow_serving.apis import (
 
 from prognos.core.errors import PrognosError
 from serving_layer.models import ModelNotFoundError, Servable
+from serving_layer.predict_format import PredictRequestError, parse_machines
 
 SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
+MACHINES_METADATA = "prognos-machines"
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -38,8 +45,9 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             )
         inputs = {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}
         version = servable.version if request.model_spec.HasField("version") else None
+        machines = _machines(context, len(next(iter(inputs.values()))))
         try:
-            outputs = self.models.predict(servable.name, inputs, version)
+            outputs = self.models.predict(servable.name, inputs, version, machines)
         except (ValueError, tf.errors.InvalidArgumentError) as error:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error).splitlines()[0])
         response = predict_pb2.PredictResponse()
@@ -76,6 +84,19 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"serving signature name {name!r} not found"
             )
+
+
+def _machines(context, rows: int):
+    """The rows' (machine id, cycle) from the call metadata, or None when not given."""
+    for key, value in context.invocation_metadata() or ():
+        if key != MACHINES_METADATA:
+            continue
+        try:
+            return parse_machines({"machines": json.loads(value)}, rows)
+        except (ValueError, PredictRequestError) as error:
+            message = str(error) if isinstance(error, PredictRequestError) else "not JSON"
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{MACHINES_METADATA}: {message}")
+    return None
 
 
 def _spec(servable: Servable):

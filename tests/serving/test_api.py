@@ -324,21 +324,34 @@ def test_shadow_scoring_compares_both_models_with_the_truth(served):
         json={"instances": x.tolist(), "machines": machines},
     )
     assert response.status_code == 200, response.text
+    # the same over gRPC: one more row, named in the call metadata
+    with grpc.insecure_channel(f"127.0.0.1:{settings.grpc_port}") as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = MODEL
+        request.inputs["window"].CopyFrom(tf.make_tensor_proto(x[2:3]))
+        named = [("prognos-machines", json.dumps([{"machine_id": "FD001-test-0001", "cycle": 1}]))]
+        stub.Predict(request, timeout=30, metadata=named)
+        with pytest.raises(grpc.RpcError) as bad:
+            stub.Predict(request, timeout=30, metadata=[("prognos-machines", "[1, 2]")])
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "one entry per row" in bad.value.details()
     app.state.models.wait_for_shadow()
-    truth = np.array([112.0, 123.0])
+    # FD001 test unit 1 at cycle 1: true RUL 112 + 30
+    rows, truth = np.concatenate([x[:2], x[2:3]]), np.array([112.0, 123.0, 142.0])
     shadow = get(client, f"/v1/models/{MODEL}").json()["shadow"]
     assert (shadow["champion_version"], shadow["challenger_version"]) == (1, 2)
     for role, version in (("champion", 1), ("challenger", 2)):
-        errors = in_process(settings, version, x[:2])["rul"].astype(float) - truth
+        errors = in_process(settings, version, rows)["rul"].astype(float) - truth
         found = shadow["error_vs_truth"][role]
-        assert found["rows"] == 2
+        assert found["rows"] == 3
         np.testing.assert_allclose(found["mae"], np.abs(errors).mean(), rtol=1e-5)
         np.testing.assert_allclose(found["rmse"], np.sqrt((errors**2).mean()), rtol=1e-5)
         np.testing.assert_allclose(found["bias"], errors.mean(), rtol=1e-5)
     metrics = get(client, "/metrics").text
     for role in ("champion", "challenger"):
         labels = f'model="{MODEL}",role="{role}"'
-        assert f"prognos_shadow_abs_error_vs_truth_count{{{labels}}} 2.0" in metrics
+        assert f"prognos_shadow_abs_error_vs_truth_count{{{labels}}} 3.0" in metrics
         assert f"prognos_shadow_rmse_vs_truth{{{labels}}}" in metrics
         assert f"prognos_shadow_bias_vs_truth{{{labels}}}" in metrics
 
