@@ -1,16 +1,22 @@
 """Batch layer end to end: replay FD001 -> `airflow dags test batch_layer` -> tables.
 
-One Airflow run (the module fixture) is checked by several tests; reruns, duplicate
-replays, the gate and a plain shell spark-submit follow on the same lake.
+One Airflow run (the module fixture, with a champion in the registry) is checked by several
+tests; a second `airflow dags test` of the same logical date, a backfill of a range in
+`airflow standalone`, duplicate replays, the gate and a plain shell spark-submit follow on
+the same lake.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,11 +24,13 @@ import pytest
 
 from prognos.core import lake, stack
 from prognos.core.airflow_env import airflow_env, ensure_airflow_db
+from prognos.core.alerting import alert_level
 from prognos.core.data import load_cmapss
 from prognos.core.features import FEATURE_COLUMNS, compute_features, fit_condition_model
 from prognos.core.replay import fleet_frame, replay
 from prognos.core.settings import PROJECT_ROOT
-from tests.conftest import make_settings
+from tests.conftest import free_port, make_settings
+from tests.speed import support as S
 
 # spark-submit per task: a whole DAG run takes minutes on a loaded 2-core machine
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3000)]
@@ -133,10 +141,17 @@ def batch(broker_settings, tmp_path_factory):
     summary = replay("FD001", "train", machines=MACHINES, start=START, settings=settings)
     assert summary.failed == 0
     produce(settings, [(key, value) for key, value, _ in bad_records().values()])
+    champion = S.register_model(settings, offset=20.0)  # views score with it
     result = run_dag(settings)
     assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
     fleet = fleet_frame("FD001", "train", machines=MACHINES)
-    return {"settings": settings, "sent": summary.sent + len(bad_records()), "fleet": fleet}
+    return {
+        "settings": settings,
+        "sent": summary.sent + len(bad_records()),
+        "fleet": fleet,
+        "champion": champion,
+        "snapshot": snapshot(settings),
+    }
 
 
 def test_bronze_holds_every_event_sent(batch):
@@ -193,7 +208,12 @@ def test_machine_state_has_each_machine_at_its_latest_cycle(batch):
     assert sorted(state.index) == sorted(last.index)
     for machine, cycle in last.items():
         assert state.loc[machine, "last_cycle"] == cycle
-    assert state["predicted_rul"].isna().all()  # no champion in this registry
+    assert state["predicted_rul"].notna().all()  # scored by the champion in spark-submit
+    assert set(state["model_version"]) == {str(batch["champion"])}
+    for rul, level in zip(state["predicted_rul"], state["alert_level"], strict=True):
+        assert level == alert_level(rul, batch["settings"])
+    summary = table(batch["settings"], "fleet_summary").iloc[0]
+    assert sum(dict(summary["machines_by_level"]).values()) == MACHINES
 
 
 def test_manifest_offsets_equal_the_topic_end_offsets(batch):
@@ -204,7 +224,7 @@ def test_manifest_offsets_equal_the_topic_end_offsets(batch):
     )
     assert manifest["rows_covered"] == len(batch["fleet"])
     details = json.loads(manifest["details"])
-    assert details["model_version"] is None
+    assert details["model_version"] == str(batch["champion"])
     assert details["input_versions"]["silver"] is not None
 
 
@@ -231,21 +251,129 @@ def snapshot(settings) -> dict:
     return frames
 
 
-def test_rerunning_the_same_logical_date_changes_nothing(batch, spark):
-    """Every task of the DAG run again for the same logical date (in-process, same code
-    as the spark-submit entry points, to keep the module's run time bounded)."""
-    from spark_jobs import bronze_ingest, gold, silver, views
-
-    settings = batch["settings"]
-    before = snapshot(settings)
-    logical_date = datetime.fromisoformat(LOGICAL_DATE)
-    bronze_ingest.ingest(spark, settings)
-    assert silver.run(spark, settings, "rerun")["rows"] == 0
-    gold.build(spark, settings, "rerun")
-    views.build(spark, settings, f"batch__{LOGICAL_DATE}", logical_date, "rerun")
-    after = snapshot(settings)
+def assert_same_contents(before: dict, after: dict) -> None:
     for name, frame in before.items():
         pd.testing.assert_frame_equal(frame, after[name], obj=name)
+
+
+def test_rerunning_the_same_logical_date_changes_nothing(batch):
+    """A second `airflow dags test` of the same logical date: versions advance, contents
+    stay identical."""
+    settings = batch["settings"]
+    versions = lake.table_version_arrow("machine_state", settings)
+    result = run_dag(settings)
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+    assert lake.table_version_arrow("machine_state", settings) > versions
+    assert_same_contents(batch["snapshot"], snapshot(settings))
+
+
+def test_backfill_of_a_range_in_airflow_standalone_is_idempotent(batch):
+    """`airflow standalone` parses the DAGs without import errors; `airflow backfill create`
+    over two hourly logical dates ending at the one already run (reprocessing it) runs both
+    through the scheduler; the lake ends with the same contents."""
+    settings = batch["settings"].model_copy(update={"airflow_port": free_port()})
+    env = airflow_env(
+        settings, base={k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+    )
+    env["AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE"] = "False"  # only the backfill's runs
+    with airflow_standalone(env) as standalone:
+        wait_until(lambda: dag_parsed(env), standalone, timeout_s=600)
+        assert airflow(env, "dags", "unpause", "batch_layer").returncode == 0
+        last = datetime.fromisoformat(LOGICAL_DATE)
+        dates = {last - timedelta(hours=1), last}
+        created = airflow(
+            env, "backfill", "create", "--dag-id", "batch_layer",
+            "--from-date", min(dates).isoformat(), "--to-date", last.isoformat(),
+            "--max-active-runs", "1", "--reprocess-behavior", "completed",
+        )  # fmt: skip
+        assert created.returncode == 0, created.stderr[-2000:]
+        runs = wait_until(lambda: finished_backfill_runs(env, dates), standalone, 1800)
+        errors = import_errors(env)  # as the standalone's DAG processor found them
+    assert sorted(runs.values()) == ["success", "success"], runs
+    assert not [e for e in errors if Path(e["filepath"]).name in PROJECT_DAG_FILES], errors
+    assert_same_contents(batch["snapshot"], snapshot(settings))
+
+
+def airflow(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["airflow", *args], env=env, capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT
+    )
+
+
+@contextlib.contextmanager
+def airflow_standalone(env: dict):
+    """`airflow standalone` in its own process group, stopped (SIGINT, then SIGKILL) after."""
+    log = open(Path(env["AIRFLOW_HOME"]) / "standalone.log", "wb")  # noqa: SIM115
+    process = subprocess.Popen(
+        ["airflow", "standalone"],
+        env=env,
+        cwd=PROJECT_ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        yield process
+    finally:
+        stop_group(process)
+        log.close()
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    for sig, grace_s in ((signal.SIGINT, 60), (signal.SIGKILL, 30)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=grace_s)
+            os.killpg(process.pid, signal.SIGKILL)  # children left behind by the leader
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def wait_until(probe, standalone: subprocess.Popen, timeout_s: float):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert standalone.poll() is None, "airflow standalone exited"
+        found = probe()
+        if found:
+            return found
+        time.sleep(5)
+    raise AssertionError(f"not done after {timeout_s} s")
+
+
+PROJECT_DAG_FILES = ("batch_layer.py", "lake_maintenance.py")
+
+
+def import_errors(env: dict) -> list[dict]:
+    listed = airflow(env, "dags", "list-import-errors", "-o", "json")
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    text = listed.stdout.strip()
+    return json.loads(text[text.index("[") :]) if "[" in text else []
+
+
+def dag_parsed(env: dict) -> bool:
+    listed = airflow(env, "dags", "list", "-o", "json")
+    return listed.returncode == 0 and '"batch_layer"' in listed.stdout
+
+
+def finished_backfill_runs(env: dict, logical_dates: set[datetime]) -> dict | None:
+    """{logical date: state} of the runs of these dates once all finished, else None.
+    (A reprocessed run keeps its run id; `backfill create` has queued it on return.)"""
+    listed = airflow(env, "dags", "list-runs", "batch_layer", "-o", "json")
+    if listed.returncode != 0 or "[" not in listed.stdout:
+        return None
+    runs = json.loads(listed.stdout[listed.stdout.index("[") :])
+    states = {
+        datetime.fromisoformat(r["logical_date"]): r["state"]
+        for r in runs
+        if r["logical_date"] and datetime.fromisoformat(r["logical_date"]) in logical_dates
+    }
+    done = {k: v for k, v in states.items() if v in ("success", "failed")}
+    return done if len(done) == len(logical_dates) or "failed" in done.values() else None
 
 
 def shell_spark_submit(settings, job: str, *args: str) -> subprocess.CompletedProcess:
