@@ -188,13 +188,9 @@ def json_ready(value):
     without a call.)"""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
-    if isinstance(value, dict):
+    if isinstance(value, dict):  # floats inline: a sensors map holds dozens of them
         return {
-            k: v
-            if type(v) in _PLAIN
-            else (v if isfinite(v) else None)
-            if type(v) is float
-            else json_ready(v)
+            k: (v if type(v) in _PLAIN else json_ready(v) if type(v) is not float else _finite(v))
             for k, v in value.items()
         }
     if isinstance(value, datetime):
@@ -203,7 +199,10 @@ def json_ready(value):
 
 
 _PLAIN = frozenset({str, int, bool, type(None)})
-isfinite = math.isfinite
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def _read_pinned(views, name: str, versions: dict) -> pa.Table:
