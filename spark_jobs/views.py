@@ -49,9 +49,9 @@ def health_features(gold):
     from pyspark.sql import functions as F
 
     names = [c for c in gold.columns if c.startswith(f"{HEALTH}_")]
-    narrow = gold.select("machine_id", "cycle", HEALTH, *names)
-    return latest_rows(narrow).select(
-        "machine_id", F.col(HEALTH).alias("health_index"), _as_map(names).alias("features")
+    return gold.groupBy("machine_id").agg(
+        F.max_by(HEALTH, "cycle").alias("health_index"),
+        F.max_by(_as_map(names), "cycle").alias("features"),
     )
 
 
@@ -60,13 +60,12 @@ def machine_state(spark, silver, gold, predictions: dict, run_id: str, model_ver
     from pyspark.sql import functions as F
 
     spec = get_table("machine_state")
-    counts = silver.groupBy("machine_id").agg(
+    state = silver.groupBy("machine_id").agg(
         F.max("cycle").alias("last_cycle"),
         F.max("event_time").alias("last_event_time"),
         F.count("*").alias("readings_count"),
+        F.max_by(_as_map(READINGS), "cycle").alias("sensors"),  # (machine_id, cycle) is a key
     )
-    readings = latest_rows(silver).select("machine_id", _as_map(READINGS).alias("sensors"))
-    state = counts.join(readings, "machine_id", "left")
     if gold is not None:
         state = state.join(health_features(gold), "machine_id", "left")
     scored = spark.createDataFrame(

@@ -351,8 +351,13 @@ PROJECT_DAG_FILES = ("batch_layer.py", "lake_maintenance.py")
 def import_errors(env: dict) -> list[dict]:
     listed = airflow(env, "dags", "list-import-errors", "-o", "json")
     assert listed.returncode == 0, listed.stderr[-2000:]
-    text = listed.stdout.strip()
-    return json.loads(text[text.index("[") :]) if "[" in text else []
+    return json_output(listed.stdout)
+
+
+def json_output(stdout: str) -> list:
+    """The JSON list an `airflow ... -o json` command printed (log lines may precede it)."""
+    lines = [line for line in stdout.splitlines() if line.startswith("[{") or line == "[]"]
+    return json.loads(lines[-1]) if lines else []
 
 
 def dag_parsed(env: dict) -> bool:
@@ -364,9 +369,9 @@ def finished_backfill_runs(env: dict, logical_dates: set[datetime]) -> dict | No
     """{logical date: state} of the runs of these dates once all finished, else None.
     (A reprocessed run keeps its run id; `backfill create` has queued it on return.)"""
     listed = airflow(env, "dags", "list-runs", "batch_layer", "-o", "json")
-    if listed.returncode != 0 or "[" not in listed.stdout:
+    if listed.returncode != 0:
         return None
-    runs = json.loads(listed.stdout[listed.stdout.index("[") :])
+    runs = json_output(listed.stdout)
     states = {
         datetime.fromisoformat(r["logical_date"]): r["state"]
         for r in runs
