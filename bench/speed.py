@@ -441,7 +441,7 @@ def merge_comparison(spark, settings: Settings, rounds: int) -> dict:
     columns = {c: f"s.`{c}`" for c in spec.column_names}
     now = datetime.now(UTC)
 
-    def rows(batch: int) -> pa.Table:
+    def rows(batch: int) -> list[dict]:
         records = [
             {"machine_id": machine_name(m), "last_cycle": batch, "readings_count": batch,
              "last_event_time": now + timedelta(seconds=batch), "predicted_rul": 50.0,
@@ -451,10 +451,10 @@ def merge_comparison(spark, settings: Settings, rounds: int) -> dict:
              "kafka_partition": m % 6, "kafka_offset": batch, "pending_offsets": list(range(batch))}
             for m in range(FLEET)
         ]  # fmt: skip
-        return pa.Table.from_pylist(records, schema=spec.arrow_schema)
+        return records
 
     def spark_merge(batch: int) -> None:
-        source = spark.createDataFrame(rows(batch).to_pylist(), schema=spec.spark_schema)
+        source = spark.createDataFrame(rows(batch), schema=spec.spark_schema)
         (
             SparkDeltaTable.forPath(spark, path)
             .alias("t")
@@ -468,7 +468,12 @@ def merge_comparison(spark, settings: Settings, rounds: int) -> dict:
     def delta_rs_merge(batch: int) -> None:
         (
             DeltaTable(path)
-            .merge(rows(batch), "t.machine_id = s.machine_id", "s", "t")
+            .merge(
+                pa.Table.from_pylist(rows(batch), schema=spec.arrow_schema),
+                "t.machine_id = s.machine_id",
+                "s",
+                "t",
+            )
             .when_matched_delete("cardinality(s.pending_offsets) = 0")
             .when_matched_update(columns)
             .when_not_matched_insert(columns, "cardinality(s.pending_offsets) > 0")
