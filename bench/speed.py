@@ -49,7 +49,7 @@ PLANS = {
         "goal_s": 120,
         "high_s": 120,
         "api_s": 30,
-        "step_s": 30,
+        "step_s": 20,
         "steps": 4,
         "low": 1000,
         "high": 5000,
@@ -667,7 +667,7 @@ def run_bench(result: BenchResult, plan: dict, workdir: Path) -> None:
             spark, settings, fleet, 5 if result.quick else 10
         )
         try:  # a reference figure: its failure must not cost the freshness figures
-            result.figures["view_merge_per_batch"] = merge_comparison(spark, settings, 4)
+            result.figures["view_merge_per_batch"] = merge_comparison(spark, settings, 3)
         except Exception as error:
             result.figures["view_merge_per_batch"] = {"error": str(error).splitlines()[0]}
         spark.stop()
