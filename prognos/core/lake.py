@@ -360,9 +360,8 @@ def replace_rows_arrow(
             description=spec.description,
             configuration=dict(spec.properties),
         )
-    predicate = " AND ".join(
-        f"{column} = '{str(value).replace(chr(39), chr(39) * 2)}'" for column, value in where.items()
-    )
+    quoted = {column: str(value).replace("'", "''") for column, value in where.items()}
+    predicate = " AND ".join(f"{column} = '{value}'" for column, value in quoted.items())
     write_deltalake(str(path), rows, mode="overwrite", predicate=predicate)
     return DeltaTable(str(path)).version()
 
