@@ -35,9 +35,12 @@ def test_spark_and_arrow_schemas_come_from_one_column_list():
 
 def test_gold_features_follow_the_shared_feature_definition():
     gold = tables.get_table("gold_features")
-    assert gold.column_names[4:] == list(FEATURE_COLUMNS)
+    labels = ["rul", "rul_target", "fails_within_h"]  # labels where the true RUL is known
+    assert gold.column_names[4:] == [*FEATURE_COLUMNS, *labels]
     custom = tables.gold_features_spec(["a", "b"])
-    assert custom.column_names == ["machine_id", "cycle", "event_time", "condition", "a", "b"]
+    assert custom.column_names == [
+        "machine_id", "cycle", "event_time", "condition", "a", "b", *labels,
+    ]  # fmt: skip
 
 
 def test_unknown_table_name_lists_the_known_ones(tmp_path):
