@@ -230,32 +230,7 @@ def compute_features(
     _check_model(condition_model, config)
     _require_columns(history, [*KEY_COLUMNS, *SETTING_NAMES, *config.sensors])
     history = history.sort_values("cycle", kind="stable")
-    settings = history[list(SETTING_NAMES)].to_numpy(dtype=np.float64)
-    labels = condition_model.assign(settings) if len(history) else np.zeros(0, dtype=int)
-    values = history[list(config.sensors)].to_numpy(dtype=np.float64)
-    z = _normalise(values, labels, condition_model)
-    health = (z * np.asarray(condition_model.health_signs)).mean(axis=1, keepdims=True)
-    cycles = history["cycle"].to_numpy(dtype=np.float64)
-    columns: dict[str, np.ndarray] = {
-        "machine_id": history["machine_id"].to_numpy(),
-        "cycle": history["cycle"].to_numpy(),
-        CONDITION: labels.astype(np.int32),
-    }
-    for index, name in enumerate(normalised_columns(config)):
-        columns[name] = z[:, index]
-    columns[HEALTH] = health[:, 0]
-    signals = np.hstack([z, health])
-    names = [*config.sensors, HEALTH]
-    for window in config.windows:
-        mean, std, slope = _rolling_stats(signals, cycles, window)
-        for index, name in enumerate(names):
-            columns[f"{name}_mean_{window}"] = mean[:, index]
-            columns[f"{name}_std_{window}"] = std[:, index]
-            columns[f"{name}_slope_{window}"] = slope[:, index]
-    if "rul" in history.columns:
-        columns["rul"] = history["rul"].to_numpy()
-    frame = pd.DataFrame(columns, index=history.index)
-    return frame.reset_index(drop=True)
+    return _features_of_rows(history, None, condition_model, config)
 
 
 def _rolling_stats(
@@ -350,10 +325,12 @@ def _chunk_bounds(groups: np.ndarray, rows: int) -> list[int]:
 
 
 def _features_of_rows(
-    history: pd.DataFrame, groups: np.ndarray, model: ConditionModel, config: FeatureConfig
+    history: pd.DataFrame, groups: np.ndarray | None, model: ConditionModel, config: FeatureConfig
 ) -> pd.DataFrame:
+    """Feature rows of rows sorted by machine and cycle; `groups` tells machines apart
+    (None: all rows are one machine's)."""
     settings = history[list(SETTING_NAMES)].to_numpy(dtype=np.float64)
-    labels = model.assign(settings)
+    labels = model.assign(settings) if len(history) else np.zeros(0, dtype=int)
     values = history[list(config.sensors)].to_numpy(dtype=np.float64)
     z = _normalise(values, labels, model)
     health = (z * np.asarray(model.health_signs)).mean(axis=1, keepdims=True)
