@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 
+from lakehelp import with_catalog_columns
+
 from prognos.core import lake
 from prognos.core.settings import get_settings
 from prognos.core.spark import get_spark
@@ -45,6 +47,7 @@ def main() -> None:
         F.lit("job").alias("model_version"),
         F.lit("cluster-test").alias("run_id"),
     )
+    state = with_catalog_columns(state, "machine_state")
     lake.write_table(state, "machine_state", settings, mode="overwrite")
     rows = lake.read_table_arrow("machine_state", settings).sort_by("machine_id").to_pylist()
     executors = spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size()

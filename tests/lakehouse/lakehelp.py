@@ -14,6 +14,22 @@ from prognos.core.settings import PROJECT_ROOT
 PROJECT_JARS = Path(os.environ.get("PROGNOS_JARS_DIR", PROJECT_ROOT / ".state" / "jars"))
 
 
+def with_catalog_columns(df, table: str):
+    """A Spark frame with the table's other catalog columns as typed nulls, in catalog order
+    (tests that use a view table as a plain Delta table write only a few columns)."""
+    from pyspark.sql import functions as F
+
+    from prognos.core.tables import get_table
+
+    fields = get_table(table).spark_schema.fields
+    return df.select(
+        *[
+            F.col(f.name) if f.name in df.columns else F.lit(None).cast(f.dataType).alias(f.name)
+            for f in fields
+        ]
+    )
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

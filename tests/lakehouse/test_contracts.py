@@ -7,7 +7,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from lakehelp import arrow_rows, assert_same_through_delta_rs, spark_rows
+from lakehelp import arrow_rows, assert_same_through_delta_rs, spark_rows, with_catalog_columns
 
 from prognos.core import lake, tables
 
@@ -88,6 +88,7 @@ def test_merge_in_foreach_batch_of_a_stream_is_idempotent(spark, lake_settings):
             F.lit("0").alias("model_version"),
             F.lit(f"batch-{batch_id}").alias("run_id"),
         ).dropDuplicates(["machine_id"])
+        rows = with_catalog_columns(rows, "machine_state")
         lake.idempotent_merge(rows, batch_id, "machine_state", lake_settings, app_id="stream")
         # the replay a crash between the Delta commit and the checkpoint commit causes
         lake.idempotent_merge(rows, batch_id, "machine_state", lake_settings, app_id="stream")
