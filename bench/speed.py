@@ -35,6 +35,7 @@ from bench._harness import BenchResult, median, parse_args, percentile
 from prognos.core import stack
 from prognos.core.data import SENSOR_COLUMNS, SETTING_COLUMNS, load_cmapss
 from prognos.core.events import Event, encode_event, format_event_time
+from prognos.core.lake import wait_for
 from prognos.core.settings import PROJECT_ROOT, Settings, load_settings, settings_env
 
 FLEET = 100
@@ -341,15 +342,6 @@ def phase_costs(before: dict, after: dict) -> dict:
     return costs
 
 
-def wait_until(condition, timeout_s: float, interval_s: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval_s)
-    return False
-
-
 @dataclass
 class Run:
     settings: Settings
@@ -372,7 +364,7 @@ class Run:
         sent_per_s = sum(span[1][m] - span[0][m] for m in range(FLEET)) / (
             time.perf_counter() - started
         )
-        wait_until(lambda: self.all_visible(span), drain_s)
+        wait_for(lambda: self.all_visible(span), drain_s)
         result = freshness(self.fleet, self.watcher.visible_at, span, time.time())
         result["rate_events_per_s"] = rate
         result["sent_events_per_s"] = round(sent_per_s, 1)
@@ -403,17 +395,17 @@ def floor_run(spark, settings: Settings, fleet: Fleet, samples: int) -> dict:
     watcher = None
     delays = []
     try:
-        wait_until(lambda: query.lastProgress is not None, 120)
+        wait_for(lambda: query.lastProgress is not None, 120)
         fleet.send_one(0)
         fleet.producer.flush(10)
-        wait_until(lambda: (target / "_delta_log").is_dir(), 120)
+        wait_for(lambda: (target / "_delta_log").is_dir(), 120)
         watcher = ViewWatcher(target).start()
-        wait_until(lambda: watcher.version >= 0, 30)
+        wait_for(lambda: watcher.version >= 0, 30)
         for _ in range(samples):
             machine, cycle = fleet.send_one(0)
             fleet.producer.flush(10)
             name = machine_name(machine)
-            if wait_until(lambda n=name, c=cycle: watcher.visible_at(n, c), 30, 0.02):
+            if wait_for(lambda n=name, c=cycle: watcher.visible_at(n, c), 30, 0.02):
                 delays.append(watcher.visible_at(name, cycle) - fleet.sent[machine][cycle - 1])
             time.sleep(0.3)
     finally:
@@ -531,12 +523,12 @@ def api_freshness(settings: Settings, run: Run, rate: float, seconds: float) -> 
 
     poller = threading.Thread(target=poll, daemon=True)
     try:
-        ready = wait_until(lambda: _healthy(base, headers, watched[0]), 120, 0.5)
+        ready = wait_for(lambda: _healthy(base, headers, watched[0]), 120, 0.5)
         if not ready:
             return {"error": f"serving layer did not answer; see {log}"}
         poller.start()
         first, after = run.fleet.run(rate, seconds)
-        wait_until(lambda: all(visible_at(m, after[i] - 1) for i, m in _indexed(watched)), 30)
+        wait_for(lambda: all(visible_at(m, after[i] - 1) for i, m in _indexed(watched)), 30)
         delays = []
         for index, machine in _indexed(watched):
             for cycle in range(first[index], after[index]):
@@ -676,7 +668,7 @@ def run_bench(result: BenchResult, plan: dict, workdir: Path) -> None:
         run = Run(settings, fleet, watcher)
         started = time.monotonic()
         warm = fleet.run(FLEET, 1.0)  # one event per machine: TF loads in the workers
-        if not wait_until(lambda: run.all_visible(warm), 600):
+        if not wait_for(lambda: run.all_visible(warm), 600):
             raise RuntimeError(f"speed layer produced nothing; see {settings.run_dir}/speed")
         result.figures["startup_to_first_view_s"] = round(time.monotonic() - started, 1)
         goal = run.phase(plan["low"], plan["goal_s"])
