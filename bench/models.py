@@ -4,12 +4,17 @@
     .venv/bin/python bench/models.py --subset FD001 --seeds 1
     .venv/bin/python bench/models.py --subset FD003 --seeds 1 --keep   # add to the table
     .venv/bin/python bench/models.py --quick              # tiny smoke run
+    .venv/bin/python bench/models.py --resume             # reuse finished (subset, seed) runs
 
-Writes bench/results/models.json and bench/results/models.md.
+Writes bench/results/models.json and bench/results/models.md. Every finished (subset, seed)
+run is also kept in bench/results/models-runs/ with its training configuration; `--resume`
+reuses a kept run whose configuration is unchanged, so a long table (FD002/FD004 take ~30 min
+per seed on 2 cores) can be built over several interrupted invocations.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 import sys
@@ -23,6 +28,7 @@ from bench._harness import RESULTS_DIR, BenchResult, parse_args
 
 SUBSETS = ("FD001", "FD002", "FD003", "FD004")
 TARGET_FD001_RMSE = 13.5
+RUNS_DIR = RESULTS_DIR / "models-runs"
 
 
 def configure(parser) -> None:
@@ -33,6 +39,11 @@ def configure(parser) -> None:
         "--keep",
         action="store_true",
         help="keep the previous results of subsets not run now (bench/results/models.json)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse kept (subset, seed) runs whose training configuration is unchanged",
     )
 
 
@@ -46,33 +57,80 @@ def spread(values: list[float]) -> dict:
     }
 
 
-def run_subset(subset: str, seeds: int, epochs: int | None, quick: bool, registry) -> dict:
+def config_fingerprint(subset: str, seed: int, epochs: int | None) -> str:
+    from models.config import TrainConfig
+
+    config = TrainConfig.for_subset(subset, seed=seed)
+    if epochs is not None:
+        config = config.with_(epochs=epochs)
+    text = json.dumps(config.to_dict(), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def train_once(subset: str, seed: int, epochs: int | None, quick: bool, registry) -> dict:
     from models.train import train_subset
 
-    runs = []
-    for seed in range(seeds):
-        started = time.monotonic()
-        result = train_subset(
-            subset,
-            epochs=2 if quick else epochs,
-            seed=seed,
-            registry=registry,
-            machines=10 if quick else None,
-            progress=lambda line, seed=seed: print(f"  [{subset} seed {seed}] {line}", flush=True),
-        )
-        runs.append((result, time.monotonic() - started))
-    test = [result.metrics["test"] for result, _ in runs]
+    started = time.monotonic()
+    result = train_subset(
+        subset,
+        epochs=2 if quick else epochs,
+        seed=seed,
+        registry=registry,
+        machines=10 if quick else None,
+        progress=lambda line: print(f"  [{subset} seed {seed}] {line}", flush=True),
+    )
+    return {
+        "subset": subset,
+        "seed": seed,
+        "test": result.metrics["test"],
+        "validation_rmse": result.metrics["validation"]["rmse"],
+        "member_validation_rmse": result.metrics["validation"].get("members"),
+        "epochs_run": result.epochs_run,
+        "train_seconds": round(time.monotonic() - started, 1),
+        "version": result.version,
+    }
+
+
+def kept_run(subset: str, seed: int, fingerprint: str) -> dict | None:
+    path = RUNS_DIR / f"{subset}-seed{seed}.json"
+    if not path.is_file():
+        return None
+    run = json.loads(path.read_text())
+    return run if run.get("config_fingerprint") == fingerprint else None
+
+
+def keep_run(run: dict) -> None:
+    RUNS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RUNS_DIR / f"{run['subset']}-seed{run['seed']}.json"
+    path.write_text(json.dumps(run, indent=2, default=float))
+
+
+def run_seed(subset: str, seed: int, args, registry) -> dict:
+    if args.quick:
+        return train_once(subset, seed, args.epochs, True, registry)
+    fingerprint = config_fingerprint(subset, seed, args.epochs)
+    if args.resume and (run := kept_run(subset, seed, fingerprint)) is not None:
+        print(f"  [{subset} seed {seed}] kept run reused (RMSE {run['test']['rmse']:.2f})")
+        return run
+    run = train_once(subset, seed, args.epochs, False, registry)
+    keep_run({**run, "config_fingerprint": fingerprint})
+    return run
+
+
+def run_subset(subset: str, seeds: int, args, registry) -> dict:
+    runs = [run_seed(subset, seed, args, registry) for seed in range(seeds)]
+    test = [run["test"] for run in runs]
     return {
         "rmse": spread([t["rmse"] for t in test]),
         "score": spread([t["score"] for t in test]),
         "mae": spread([t["mae"] for t in test]),
         "rmse_uncapped": spread([t["rmse_uncapped"] for t in test]),
         "f1_fails_within_30": spread([t["fails_within_30"]["f1"] for t in test]),
-        "validation_rmse": spread([r.metrics["validation"]["rmse"] for r, _ in runs]),
-        "member_validation_rmse": [r.metrics["validation"].get("members") for r, _ in runs],
-        "epochs_run": [r.epochs_run for r, _ in runs],
-        "train_seconds": [round(seconds, 1) for _, seconds in runs],
-        "versions": [r.version for r, _ in runs],
+        "validation_rmse": spread([run["validation_rmse"] for run in runs]),
+        "member_validation_rmse": [run["member_validation_rmse"] for run in runs],
+        "epochs_run": [run["epochs_run"] for run in runs],
+        "train_seconds": [run["train_seconds"] for run in runs],
+        "versions": [run["version"] for run in runs],
         "seeds": list(range(seeds)),
     }
 
@@ -130,7 +188,7 @@ def main() -> None:
         registry = FilesystemRegistry(root)
         for subset in subsets:
             print(f"{subset}: {seeds} seed(s)", flush=True)
-            bench.figures[subset] = run_subset(subset, seeds, args.epochs, args.quick, registry)
+            bench.figures[subset] = run_subset(subset, seeds, args, registry)
     if args.keep:
         for subset, figures in previous_figures().items():
             bench.figures.setdefault(subset, figures)
