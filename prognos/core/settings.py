@@ -83,6 +83,17 @@ class Settings(BaseSettings):
     spark_driver_memory: str = Field("2g", description="Spark driver memory.")
     spark_shuffle_partitions: int = Field(4, ge=1, description="Shuffle partitions.")
     spark_ui: bool = Field(False, description="Start the Spark UI.")
+    spark_cluster_port: Port = Field(
+        7077, description="Master port of the local standalone cluster (infra/spark-cluster.sh)."
+    )
+    spark_cluster_ui_port: Port = Field(
+        8090, description="Web UI port of the local standalone cluster's master."
+    )
+    spark_cluster_workers: int = Field(
+        2, ge=1, description="Workers of the local standalone cluster."
+    )
+    spark_worker_cores: int = Field(1, ge=1, description="Cores each cluster worker offers.")
+    spark_worker_memory: str = Field("1g", description="Memory each cluster worker offers.")
     lake_vacuum_floor_hours: float = Field(
         168.0,
         ge=0,
