@@ -225,6 +225,22 @@ class Settings(BaseSettings):
         1, ge=1, description="Drifted features needed to emit the drift event (retrain)."
     )
 
+    run_train_epochs: int = Field(
+        8,
+        ge=1,
+        description="Max epochs of the shortened training `prognos run` does when the "
+        "registry has no champion yet (a full training: `prognos train`).",
+    )
+    run_replay_rate: float = Field(
+        100.0, gt=0, description="Events/s of the live test-fleet replay of `prognos run`."
+    )
+    run_machines: int | None = Field(
+        None,
+        ge=2,
+        description="`prognos run` replays (and trains on) only the first N machines of "
+        "each fleet (default: all).",
+    )
+
     @field_validator("kafka_bootstrap_servers")
     @classmethod
     def _host_port_list(cls, value: str) -> str:
