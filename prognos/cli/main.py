@@ -29,18 +29,26 @@ def cli() -> None:
 
 @cli.command()
 @click.option("--timeout", default=90.0, show_default=True, help="Seconds to wait for the broker.")
-def up(timeout: float) -> None:
+@click.option("--airflow", is_flag=True, help="Also start Airflow standalone (UI on 127.0.0.1).")
+def up(timeout: float, airflow: bool) -> None:
     """Start the embedded stack (a single-node Kafka broker) and create the topics."""
     from prognos.core import stack
 
     click.echo(_format_status(stack.up(get_settings(), timeout_s=timeout)))
+    if airflow:
+        from prognos.cli.services import start_airflow
+
+        click.echo(start_airflow(get_settings()))
 
 
 @cli.command()
 def down() -> None:
     """Stop the embedded stack's processes (only those this project started)."""
+    from prognos.cli.services import stop_all
     from prognos.core import stack
 
+    for line in stop_all(get_settings()):
+        click.echo(line)
     stopped = stack.down(get_settings())
     click.echo("kafka: stopped" if stopped else "kafka: was not running")
 
