@@ -11,6 +11,8 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
+from prognos.core.settings import get_settings
+
 PREFIX = "prognos_speed"
 
 
@@ -53,8 +55,10 @@ class SpeedMetrics:
         self.records = Counter(f"{PREFIX}_records", "Records routed, by kind", ["kind"], registry=r)
 
     @classmethod
-    def start(cls, spark, port: int, host: str = "127.0.0.1") -> SpeedMetrics:
-        """Metrics with an HTTP exporter and a listener on the session's queries."""
+    def start(cls, spark, port: int, host: str | None = None) -> SpeedMetrics:
+        """Metrics with an HTTP exporter (default bind: PROGNOS_SPEED_METRICS_HOST) and a
+        listener on the session's queries."""
+        host = host or get_settings().speed_metrics_host
         metrics = cls()
         start_http_server(port, addr=host, registry=metrics.registry)
         spark.streams.addListener(metrics.listener())

@@ -163,6 +163,9 @@ class Settings(BaseSettings):
     speed_metrics_port: int = Field(
         9108, ge=0, le=65535, description="Prometheus port of the speed layer (0: no exporter)."
     )
+    speed_metrics_host: str = Field(
+        "127.0.0.1", description="Bind address of the speed layer's Prometheus exporter."
+    )
 
     api_keys: str = Field(
         "",
