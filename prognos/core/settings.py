@@ -166,6 +166,11 @@ class Settings(BaseSettings):
     speed_metrics_host: str = Field(
         "127.0.0.1", description="Bind address of the speed layer's Prometheus exporter."
     )
+    pushgateway_url: str | None = Field(
+        None,
+        description="Prometheus Pushgateway (host:port) batch and training jobs push their "
+        "last-run metrics to (none: only the textfile <state>/run/metrics/<job>.prom).",
+    )
 
     api_keys: str = Field(
         "",
