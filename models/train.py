@@ -30,6 +30,7 @@ from models.network import (
     make_deterministic,
     predict,
 )
+from prognos.core import logs
 from prognos.core.data import SUBSETS, UnknownDatasetError
 from prognos.core.features import FEATURE_VERSION
 from prognos.core.registry import (
@@ -112,6 +113,8 @@ def train_frames(
     version = register_model(registry, name, model, config, metadata)
     decision = registry.bless(name, version, margin)
     progress(f"registered {name} version {version}: {decision.alias} ({decision.reason})")
+    inputs = frames.source.get("table_versions", {})
+    logs.lineage("train", f"train__{name}__v{version}", inputs, {f"model:{name}": version})
     return TrainResult(name, version, metrics, decision, epochs_run, model, test)
 
 

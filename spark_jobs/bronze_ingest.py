@@ -7,7 +7,7 @@ crash and restart) never writes a record twice. Nothing is parsed or dropped her
 
 from __future__ import annotations
 
-from prognos.core import lake
+from prognos.core import lake, logs
 from prognos.core.settings import Settings, get_settings
 
 QUERY_NAME = "bronze-ingest"
@@ -42,7 +42,10 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     settings = get_settings()
     spark = common.session("bronze-ingest", settings)
-    common.report({"run_id": common.run_id_of(args), **ingest(spark, settings, args.trigger)})
+    run_id, result = common.run_id_of(args), ingest(spark, settings, args.trigger)
+    outputs = {"bronze": result["bronze_version"]}
+    logs.lineage("bronze_ingest", run_id, {f"kafka:{settings.topic_readings}": None}, outputs)
+    common.report({"run_id": run_id, **result})
 
 
 if __name__ == "__main__":

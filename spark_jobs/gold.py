@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 
-from prognos.core import lake
+from prognos.core import lake, logs
 from prognos.core.settings import Settings, get_settings
 from prognos.core.tables import GOLD_LABEL_COLUMNS, get_table, is_delta_table, table_path
 
@@ -138,6 +138,7 @@ def build(spark, settings: Settings, run_id: str) -> dict:
     metadata = json.dumps({"run_id": run_id, "silver_version": silver_version})
     version = lake.write_table(gold, spec, settings, mode="overwrite", user_metadata=metadata)
     rows = _rows_written(spark, settings)
+    logs.lineage("gold", run_id, {"silver": silver_version}, {"gold_features": version}, settings)
     return {"silver_version": silver_version, "gold_version": version, "rows": rows}
 
 

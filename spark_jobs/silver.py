@@ -15,7 +15,7 @@ import json
 import time
 from datetime import UTC, datetime
 
-from prognos.core import lake
+from prognos.core import lake, logs
 from prognos.core.errors import PrognosError
 from prognos.core.settings import Settings, get_settings
 from prognos.core.tables import get_table, table_path
@@ -227,6 +227,7 @@ def run(spark, settings: Settings, run_id: str, timeout_s: float = 900) -> dict:
     if not lake.is_delta_table(bronze_path):
         return {"rows": 0, "invalid": 0, "duplicates": 0, "batches": 0}
     now_epoch = time.time()
+    inputs = logs.versions(settings, "bronze")  # availableNow reads up to this version
     ranges = quality.learned_ranges(settings.batch_range_margin)
     rules = quality.build_rules(ranges, now_epoch, settings.batch_future_tolerance_s)
     rule_names = [rule.name for rule in rules]
@@ -268,6 +269,8 @@ def run(spark, settings: Settings, run_id: str, timeout_s: float = 900) -> dict:
         if errors:
             raise errors[0] from None
         raise
+    outputs = logs.versions(settings, "silver", "quarantine", "validation_results")
+    logs.lineage("silver", run_id, inputs, outputs, settings, **totals)
     return totals
 
 

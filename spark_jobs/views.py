@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 
-from prognos.core import lake
+from prognos.core import lake, logs
 from prognos.core.alerting import ALERT_LEVELS, alert_level
 from prognos.core.features import HEALTH
 from prognos.core.settings import Settings, get_settings
@@ -220,6 +220,8 @@ def build(
         spark, settings, {"machine_state": state, "fleet_summary": summary}, manifest
     )
     state.unpersist()
+    outputs = {**row["table_versions"], **logs.versions(settings, "batch_manifest")}
+    logs.lineage("views", airflow_run_id or run_id, versions, outputs, settings, interval=run_id)
     return {"published": True, "model_version": model_version, "manifest": row}
 
 
