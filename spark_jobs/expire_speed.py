@@ -5,6 +5,7 @@ The speed_view table may not exist yet (no speed layer running): nothing to do t
 
 from __future__ import annotations
 
+from prognos.core import logs
 from prognos.core.boundary import expire_speed_view
 from prognos.core.settings import Settings, get_settings
 
@@ -20,7 +21,13 @@ def main(argv=None) -> None:
     args = common.job_parser(__doc__.splitlines()[0]).parse_args(argv)
     settings = get_settings()
     spark = common.session("expire-speed", settings)
-    common.report({"run_id": common.run_id_of(args), **expire(spark, settings)})
+    run_id, result = common.run_id_of(args), expire(spark, settings)
+    inputs, outputs = (
+        logs.versions(settings, "batch_manifest"),
+        logs.versions(settings, "speed_view"),
+    )
+    logs.lineage("expire_speed", run_id, inputs, outputs, settings)
+    common.report({"run_id": run_id, **result})
 
 
 if __name__ == "__main__":
