@@ -112,7 +112,6 @@ def run_batch_layer(job: Job) -> str:
 
 def ensure_champion(job: Job) -> str:
     """Reuse the registry's champion; else a shortened training registers one."""
-    from models.train import subset_of_model
     from prognos.core.registry import FilesystemRegistry
 
     settings = job.settings
@@ -249,12 +248,10 @@ def _interrupt(signum, frame) -> None:
 
 def stop_started(job: Job) -> None:
     """Stop what this job started, each by its PID, latest first."""
-    from speed_layer import service as speed
-
     stopped = []
     if job.serve_started and services.stop_service(job.settings, services.SERVE):
         stopped.append("serving API")
-    if job.speed_started and speed.stop(job.settings):
+    if job.speed_started and services.stop_speed(job.settings):
         stopped.append("speed layer")
     if job.broker_started:
         from prognos.core import stack
@@ -472,6 +469,16 @@ def _require_delivered(summary) -> None:
 
     if summary.failed:
         raise ReplayDeliveryError(f"{summary.failed} events not delivered: {summary.first_error}")
+
+
+def subset_of_model(name: str) -> str:
+    """rul_fd001 -> FD001 (models.train has the same rule; importing it loads TensorFlow)."""
+    from prognos.core.data import SUBSETS
+
+    subset = name.removeprefix("rul_").upper()
+    if not name.startswith("rul_") or subset not in SUBSETS:
+        raise RunFailedError(f"PROGNOS_SERVING_MODEL {name!r} names no subset: expected rul_fd00N")
+    return subset
 
 
 def _test_rmse(registry, name: str, version: int) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +25,8 @@ from prognos.core.errors import PrognosError
 from prognos.core.settings import PROJECT_ROOT, Settings, settings_env
 
 STOP_GRACE_S = 30.0
+# TensorFlow's C++ log lines (absl): kept in the log, not shown
+NATIVE_LOG_LINE = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl)")
 
 
 class DeadlineExpiredError(PrognosError):
@@ -104,6 +107,37 @@ def stop_group(
     return True
 
 
+def descendants(pid: int) -> list[int]:
+    """The PIDs below `pid` in the process tree (children first)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, queue = [], list(children.get(pid, []))
+    while queue:
+        child = queue.pop(0)
+        found.append(child)
+        queue.extend(children.get(child, []))
+    return found
+
+
+def stop_tree(pid: int, stop: Callable[[], object]) -> None:
+    """Run `stop` (which stops the process group of `pid`), then SIGKILL whatever of the
+    tree below `pid` escaped into a group of its own (Airflow's task runners do)."""
+    tree = descendants(pid)
+    try:
+        stop()
+    finally:
+        for child in tree:
+            if alive(child):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
+
+
 def _signal_group(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
@@ -152,9 +186,12 @@ def start_service(
 def stop_service(settings: Settings, service: Service, grace_s: float = STOP_GRACE_S) -> bool:
     """Stop a background service by its PID file; True if it was running."""
     pid = read_pid(settings, service)
-    stopped = pid is not None and stop_group(pid, grace_s, service.marker)
+    if pid is None or not alive(pid, service.marker):
+        service.pid_file(settings).unlink(missing_ok=True)
+        return False
+    stop_tree(pid, lambda: stop_group(pid, grace_s, service.marker))
     service.pid_file(settings).unlink(missing_ok=True)
-    return stopped
+    return True
 
 
 def run_step_child(
@@ -191,7 +228,7 @@ def run_step_child(
         except subprocess.TimeoutExpired:
             raise DeadlineExpiredError(f"{name} was still running at the deadline") from None
         finally:
-            stop_group(process.pid, grace_s=10.0, leftovers=True)
+            stop_tree(process.pid, lambda: stop_group(process.pid, 10.0, leftovers=True))
             process.poll()
             if pump is not None:
                 pump.join(timeout=5)
@@ -203,7 +240,9 @@ def _pump(source, log, show: Callable[[str], None]) -> None:
     for line in iter(source.readline, b""):
         log.write(line)
         log.flush()
-        show("      | " + line.decode(errors="replace").rstrip())
+        text = line.decode(errors="replace").rstrip()
+        if not NATIVE_LOG_LINE.match(text):
+            show("      | " + text)
 
 
 def claim_run(settings: Settings) -> None:
@@ -273,14 +312,23 @@ def start_airflow(settings: Settings, timeout_s: float = 600.0) -> str:
 
 def stop_all(settings: Settings) -> list[str]:
     """Stop a running `prognos run`, then every background service by its PID file."""
-    from speed_layer import service as speed
-
     lines = []
     if stop_run(settings):
         lines.append("prognos run: stopped")
     for service in (SERVE, AIRFLOW):
         if stop_service(settings, service):
             lines.append(f"{service.name}: stopped")
-    if speed.stop(settings):
+    if stop_speed(settings):
         lines.append("speed layer: stopped")
     return lines
+
+
+def stop_speed(settings: Settings) -> bool:
+    """`prognos speed stop`, plus whatever of its process tree left the group."""
+    from speed_layer import service as speed
+
+    state = speed.status(settings)
+    if not state.running:
+        return speed.stop(settings)
+    stop_tree(state.pid, lambda: speed.stop(settings))
+    return True

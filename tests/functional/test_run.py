@@ -79,9 +79,11 @@ def processes_of(state_dir: Path) -> list[int]:
 
 
 def assert_nothing_left(state_dir: Path) -> None:
-    alive = [pid for pid in started_pids(state_dir) if Path(f"/proc/{pid}").exists()]
-    assert not alive, alive
-    assert not processes_of(state_dir)
+    """No recorded PID and no other process of this state dir runs (a recorded PID reused
+    by an unrelated process has another environment)."""
+    left = processes_of(state_dir)
+    assert not [pid for pid in started_pids(state_dir) if pid in left], left
+    assert not left
     assert not (state_dir / "run" / "serve" / "serve.pid").exists()
     assert not (state_dir / "run" / "speed" / "speed.pid").exists()
     assert not (state_dir / "run" / "run" / "run.pid").exists()
