@@ -4,32 +4,36 @@ Rows of one Kafka key (the machine id) arrive with their raw value and coordinat
 row is validated with the shared event contract (invalid -> a "dead" row with the reason),
 checked against the watermark (behind it -> a "late" row), and the others are merged by
 cycle into a bounded history (out-of-order cycles land in place; a repeated cycle is kept
-once). When the machine got new readings, features come from the shared feature code, the
-champion scores the latest window, and one "view" row is emitted, plus an "alert" row
-when the alert level rises. The driver routes the rows by `kind`.
+once). When the machine got new readings, one "view" row is emitted carrying the latest
+cycle and the recent history the champion's features and window need (raw bytes). The
+driver scores every machine of a micro-batch in one call (speed_layer.scorer) and routes
+the rows by `kind`.
 """
 
 from __future__ import annotations
 
 import json
+import os
+from collections import namedtuple
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
 
-from prognos.core import alerting, boundary
+from prognos.core import boundary
 from prognos.core.data import SENSOR_COLUMNS, SETTING_COLUMNS
-from prognos.core.events import event_reasons, parse_event_time
-from prognos.core.features import compute_features
-from prognos.core.scoring import Champion, champion_watcher, model_window
+from prognos.core.events import event_reasons, parse_event_time, validate_event
+from prognos.core.registry import ALIASES_FILE, FilesystemRegistry, RegistryError
+from prognos.core.scoring import ServingSpec
 from prognos.core.settings import Settings
 
 READING_COLUMNS = (*SETTING_COLUMNS, *SENSOR_COLUMNS)
 WIDTH = len(READING_COLUMNS)
 
 # Arrays are kept as raw int64/float64 bytes: pyspark 4.2 fails to read array types in a
-# state schema ("KeyError: 'elementType'").
+# state schema ("KeyError: 'elementType'"). `level` is no longer used (the driver keeps the
+# alert levels, speed_layer.scorer.AlertMemory); it stays so existing checkpoints load.
 STATE_SCHEMA = (
     "partition int, cycles binary, times binary, offsets binary, "
     "readings binary, pending binary, level string"
@@ -39,7 +43,8 @@ OUTPUT_SCHEMA = (
     "kafka_partition int, kafka_offset long, value binary, reason string, "
     "watermark timestamp, readings_count long, pending_offsets array<long>, "
     "predicted_rul double, alert_level string, previous_level string, model_version string, "
-    "sensors_json string, features_json string, alert_id string, threshold double"
+    "sensors_json string, features_json string, alert_id string, threshold double, "
+    "history_cycles binary, history_readings binary"
 )
 OUTPUT_COLUMNS = [part.strip().split(" ")[0] for part in OUTPUT_SCHEMA.split(",")]
 
@@ -49,9 +54,17 @@ class History:
 
     def __init__(self, partition, cycles, times, offsets, readings, pending, level):
         self.partition = partition
+        values = np.asarray(readings, dtype=np.float64).reshape(-1, WIDTH)
         self.rows = {
-            int(c): (int(t), int(o), np.asarray(readings[i * WIDTH : (i + 1) * WIDTH]))
-            for i, (c, t, o) in enumerate(zip(cycles, times, offsets, strict=True))
+            c: (t, o, values[i])
+            for i, (c, t, o) in enumerate(
+                zip(
+                    np.asarray(cycles).tolist(),
+                    np.asarray(times).tolist(),
+                    np.asarray(offsets).tolist(),
+                    strict=True,
+                )
+            )
         }
         self.pending = [int(o) for o in pending]
         self.level = level
@@ -111,7 +124,8 @@ def make_state_function(settings: Settings):
     """The function for applyInPandasWithState (settings travel to the executors)."""
 
     def update(key, frames: Iterator[pd.DataFrame], state) -> Iterator[pd.DataFrame]:
-        rows = pd.concat(list(frames), ignore_index=True)
+        frames = list(frames)
+        rows = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
         out = process_machine(key[0], rows, state, settings)
         if out:
             yield pd.DataFrame(out, columns=OUTPUT_COLUMNS)
@@ -123,65 +137,85 @@ def process_machine(machine_key: str, rows: pd.DataFrame, state, settings: Setti
     """Route one micro-batch of a Kafka key's rows; update the state; return output rows."""
     watermark_ms = state.getCurrentWatermarkMs()
     history = History.from_state(state)
-    champion = champion_watcher(settings).current()
-    capacity = max(settings.speed_history_cycles, champion.spec.history_needed if champion else 0)
+    needed = champion_history_needed(settings)
+    capacity = max(settings.speed_history_cycles, needed)
     out: list[dict] = []
     fresh = False
-    for row in rows.sort_values("kafka_offset").itertuples(index=False):
-        event, reason = _checked(row, machine_key, settings)
+    for row in _records(rows):
+        event, time_ms, reason = _checked(row, machine_key, settings)
         if reason is not None:
             out.append(_dead(row, reason))
             continue
-        time_ms = int(parse_event_time(event["event_time"]).timestamp() * 1000)
         if time_ms < watermark_ms or history.behind_window(event["cycle"], capacity):
             out.append(_late(row, event, watermark_ms))
             continue
-        history.partition = int(row.kafka_partition)
+        history.partition = row.kafka_partition
         readings = np.array(
             [event["settings"][c] for c in SETTING_COLUMNS]
             + [event["sensors"][c] for c in SENSOR_COLUMNS],
             dtype=np.float64,
         )
-        history.add(event["cycle"], time_ms, int(row.kafka_offset), readings)
+        history.add(event["cycle"], time_ms, row.kafka_offset, readings)
         fresh = True
     if fresh:
         history.trim(capacity)
         history.pending = boundary.uncovered(
             history.pending, history.partition, boundary.cached_manifest_offsets(settings)
         )
-        out.extend(_scored(machine_key, history, champion, settings))
+        out.append(_view(machine_key, history, needed or capacity))
         state.update(history.to_state())
     return out
 
 
-def _checked(row, machine_key: str, settings: Settings) -> tuple[dict | None, str | None]:
-    raw = None if row.value is None else bytes(row.value)
-    reasons = event_reasons(raw)
+Record = namedtuple("Record", "machine_key value kafka_partition kafka_offset")
+
+
+def _records(rows: pd.DataFrame) -> list[Record]:
+    """A key's input rows as plain records in Kafka offset order (no pandas per row)."""
+    order = np.argsort(rows["kafka_offset"].to_numpy(), kind="stable")
+    return [
+        Record(key, None if value is None else bytes(value), int(partition), int(offset))
+        for key, value, partition, offset in zip(
+            rows["machine_key"].to_numpy()[order],
+            rows["value"].to_numpy()[order],
+            rows["kafka_partition"].to_numpy()[order],
+            rows["kafka_offset"].to_numpy()[order],
+            strict=True,
+        )
+    ]
+
+
+def _checked(row: Record, machine_key: str, settings: Settings):
+    """(event, event time in ms, None) for a valid event, else (None, None, reason)."""
+    try:
+        event = json.loads(row.value)
+        reasons = validate_event(event)
+    except (TypeError, ValueError, RecursionError):  # not JSON: event_reasons says why
+        reasons = event_reasons(row.value)
     if reasons:
-        return None, "; ".join(reasons)
-    event = json.loads(raw)
+        return None, None, "; ".join(reasons)
     if event["machine_id"] != machine_key:
-        return None, f"Kafka key {machine_key!r} differs from machine_id {event['machine_id']!r}"
-    event_time = parse_event_time(event["event_time"])
-    limit = datetime.now(UTC).timestamp() + settings.batch_future_tolerance_s
-    if event_time.timestamp() > limit:
-        return None, f"event_time {event['event_time']} is in the future"
-    return event, None
+        reason = f"Kafka key {machine_key!r} differs from machine_id {event['machine_id']!r}"
+        return None, None, reason
+    event_time = parse_event_time(event["event_time"]).timestamp()
+    if event_time > datetime.now(UTC).timestamp() + settings.batch_future_tolerance_s:
+        return None, None, f"event_time {event['event_time']} is in the future"
+    return event, int(event_time * 1000), None
 
 
-def _base(row) -> dict:
+def _base(row: Record) -> dict:
     return dict.fromkeys(OUTPUT_COLUMNS) | {
-        "kafka_partition": int(row.kafka_partition),
-        "kafka_offset": int(row.kafka_offset),
-        "value": None if row.value is None else bytes(row.value),
+        "kafka_partition": row.kafka_partition,
+        "kafka_offset": row.kafka_offset,
+        "value": row.value,
     }
 
 
-def _dead(row, reason: str) -> dict:
+def _dead(row: Record, reason: str) -> dict:
     return _base(row) | {"kind": "dead", "reason": reason, "machine_id": row.machine_key}
 
 
-def _late(row, event: dict, watermark_ms: int) -> dict:
+def _late(row: Record, event: dict, watermark_ms: int) -> dict:
     return _base(row) | {
         "kind": "late",
         "machine_id": event["machine_id"],
@@ -191,21 +225,12 @@ def _late(row, event: dict, watermark_ms: int) -> dict:
     }
 
 
-def _scored(machine_id: str, history: History, champion: Champion | None, settings) -> list:
-    last_cycle = max(history.rows)
+def _view(machine_id: str, history: History, cycles: int) -> dict:
+    """The machine's view record with its last `cycles` readings for the driver's scoring."""
+    kept = sorted(history.rows)[-cycles:]
+    last_cycle = kept[-1]
     time_ms, offset, readings = history.rows[last_cycle]
-    features, rul = None, None
-    if champion is not None:
-        frame = compute_features(
-            history.frame(machine_id), champion.spec.condition_model, champion.spec.feature_config
-        )
-        window = model_window(frame, champion.spec.input_columns, champion.spec.window)
-        rul = champion.predict_rul(window)
-        names = [c for c in frame.columns if c not in ("machine_id", "cycle")]
-        last = frame[names].iloc[-1:].to_numpy(dtype=np.float64)[0]
-        features = dict(zip(names, map(float, last), strict=True))
-    level = alerting.alert_level(rul, settings)
-    view = dict.fromkeys(OUTPUT_COLUMNS) | {
+    return dict.fromkeys(OUTPUT_COLUMNS) | {
         "kind": "view",
         "machine_id": machine_id,
         "cycle": int(last_cycle),
@@ -214,23 +239,45 @@ def _scored(machine_id: str, history: History, champion: Champion | None, settin
         "kafka_offset": max(history.pending) if history.pending else int(offset),
         "readings_count": len(history.pending),
         "pending_offsets": list(history.pending),
-        "predicted_rul": rul,
-        "alert_level": level,
-        "model_version": champion.version if champion else None,
         "sensors_json": json.dumps(dict(zip(READING_COLUMNS, map(float, readings), strict=True))),
-        "features_json": json.dumps(features) if features is not None else None,
+        "history_cycles": np.asarray(kept, dtype=np.int64).tobytes(),
+        "history_readings": np.concatenate([history.rows[c][2] for c in kept])
+        .astype(np.float64)
+        .tobytes(),
     }
-    out = [view]
-    if alerting.rises(history.level, level):
-        out.append(
-            view
-            | {
-                "kind": "alert",
-                "previous_level": history.level,
-                "alert_id": alerting.alert_id(machine_id, last_cycle, level),
-                "threshold": alerting.threshold_of(level, settings),
-            }
-        )
-    if level != "unknown":
-        history.level = level
-    return out
+
+
+def decode_history(cycles: bytes, readings: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """A view record's history: cycles (n,) and readings (n, WIDTH, READING_COLUMNS order)."""
+    return (
+        np.frombuffer(cycles, dtype=np.int64),
+        np.frombuffer(readings, dtype=np.float64).reshape(-1, WIDTH),
+    )
+
+
+_specs: dict[tuple[str, str], tuple[tuple | None, int]] = {}
+
+
+def champion_history_needed(settings: Settings) -> int:
+    """Cycles the champion's features and window need (0 without a champion), from the
+    registry's metadata only (no model load); re-read when the alias file changes."""
+    registry = FilesystemRegistry(settings.registry)
+    key = (str(settings.registry), settings.serving_model)
+    try:
+        stat = os.stat(registry.model_dir(settings.serving_model) / ALIASES_FILE)
+        stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    except (FileNotFoundError, RegistryError):
+        stamp = None
+    cached = _specs.get(key)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    needed = 0
+    try:
+        version = registry.aliases(settings.serving_model).get("champion") if stamp else None
+        if version is not None:
+            metadata = registry.metadata(settings.serving_model, int(version))
+            needed = ServingSpec.from_metadata(metadata).history_needed
+    except RegistryError:
+        needed = 0
+    _specs[key] = (stamp, needed)
+    return needed

@@ -1,9 +1,10 @@
 """The speed layer's streaming query: `spark-submit speed_layer/stream.py`.
 
-Kafka readings -> per-machine state (validation, watermark, history, features, champion
-scoring; speed_layer.state) -> foreachBatch: dead letters to the dead-letter topic (reason
-header), late rows to late_rows, alerts to the alerts topic and table, machine rows merged
-into speed_view. The Delta writes go through delta-rs from the driver (the rows are few;
+Kafka readings -> per-machine state (validation, watermark, history; speed_layer.state)
+-> foreachBatch: the machines touched are scored together (features and one champion call
+per micro-batch, speed_layer.scorer), dead letters go to the dead-letter topic (reason
+header), late rows to late_rows, alerts to the alerts topic and table, machine rows are
+merged into speed_view. The Delta writes go through delta-rs from the driver (the rows are few;
 a Spark MERGE costs seconds of jobs per micro-batch) and carry (query id, batch id) as a
 Delta app transaction, so a batch replayed after a crash changes nothing; Kafka writes are
 skipped for a batch the speed view already holds, and carry deterministic keys for
@@ -21,8 +22,10 @@ from pathlib import Path
 import pandas as pd
 
 from prognos.core import boundary, lake
+from prognos.core.scoring import champion_watcher
 from prognos.core.settings import Settings, get_settings
 from prognos.core.tables import create_table, get_table, table_path
+from speed_layer.scorer import AlertMemory, score_views
 
 QUERY_NAME = "speed-layer"
 CONCURRENT_RETRIES = 5
@@ -87,6 +90,7 @@ class BatchWriter:
         self.settings = settings
         self.checkpoint = checkpoint
         self.metrics = metrics
+        self.memory = AlertMemory(checkpoint)
         self._app_id: str | None = None
         self._kafka = None
 
@@ -110,8 +114,12 @@ class BatchWriter:
         if self._already_written(batch_id):
             return
         phases.lap("check")
-        counts = frame["kind"].value_counts().to_dict()
-        kinds = {kind: frame[frame["kind"] == kind] for kind in ("dead", "late", "alert", "view")}
+        kinds = {kind: frame[frame["kind"] == kind] for kind in ("dead", "late", "view")}
+        champion = champion_watcher(self.settings).current()
+        kinds["view"] = score_views(kinds["view"], champion, self.settings)
+        kinds["alert"] = self.memory.alerts(batch_id, kinds["view"], self.settings)
+        counts = {kind: len(rows) for kind, rows in kinds.items()}
+        phases.lap("score")
         if len(kinds["dead"]):
             self._send_dead_letters(kinds["dead"])
             phases.lap("dead")
@@ -121,6 +129,7 @@ class BatchWriter:
         if len(kinds["alert"]):
             self._write_alerts(kinds["alert"], batch_id)
             phases.lap("alerts")
+        self.memory.save(batch_id)
         max_event_time = None
         if len(kinds["view"]):
             max_event_time = kinds["view"]["event_time"].max()

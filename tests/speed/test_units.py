@@ -67,3 +67,33 @@ def test_metrics_count_routed_records_and_lag():
     )
     assert 29 <= lag < 600
     assert np.isfinite(lag)
+
+
+def test_alert_memory_raises_on_rises_and_a_replayed_batch_starts_from_the_batch_before(
+    tmp_path,
+):
+    from speed_layer.scorer import AlertMemory
+
+    settings = make_settings(tmp_path)
+
+    def scored(*levels):
+        return pd.DataFrame(
+            [{"machine_id": m, "cycle": c, "alert_level": lv} for m, c, lv in levels]
+        )
+
+    memory = AlertMemory(tmp_path / "checkpoint")
+    first = memory.alerts(0, scored(("a", 1, "green"), ("b", 1, "red")), settings)
+    assert first["machine_id"].tolist() == ["b"]
+    memory.save(0)
+    assert memory.alerts(1, scored(("b", 2, "red"), ("a", 2, "unknown")), settings).empty
+    memory.save(1)  # nothing changed: no file
+    rises = memory.alerts(2, scored(("a", 3, "amber"), ("b", 3, "green")), settings)
+    assert rises[["machine_id", "previous_level"]].values.tolist() == [["a", "green"]]
+    memory.save(2)
+    # a restart replays batch 2 (its file was written, its view commit was not)
+    restarted = AlertMemory(tmp_path / "checkpoint")
+    again = restarted.alerts(2, scored(("a", 3, "amber"), ("b", 3, "green")), settings)
+    assert again.to_dict("records") == rises.to_dict("records")
+    restarted.save(2)
+    later = AlertMemory(tmp_path / "checkpoint").alerts(3, scored(("b", 4, "red")), settings)
+    assert later[["machine_id", "previous_level"]].values.tolist() == [["b", "green"]]
