@@ -22,7 +22,7 @@ test: setup lint
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS)
 
 run: setup
-	$(PY) -m prognos.cli.main run
+	$(PY) -m prognos.cli.main run $(ARGS)
 
 bench: setup
 	@set -e; for script in bench/*.py; do echo "== $$script"; $(PY) $$script; done

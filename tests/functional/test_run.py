@@ -19,7 +19,7 @@ from prognos.core.registry import FilesystemRegistry
 from tests.conftest import PROJECT_JARS, free_port
 
 # a whole run (Airflow DAG with five spark-submits, training, the speed layer) takes minutes
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 
 def run_env(broker_settings, state_dir: Path) -> dict[str, str]:
@@ -47,7 +47,7 @@ def run_env(broker_settings, state_dir: Path) -> dict[str, str]:
     return env
 
 
-def prognos_run(env: dict, *args: str, timeout: float = 1500) -> subprocess.CompletedProcess:
+def prognos_run(env: dict, *args: str, timeout: float = 3000) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "prognos.cli.main", "run", *args],
         env=env,
@@ -101,7 +101,7 @@ def completed(broker_settings, tmp_path_factory):
     state_dir = tmp_path_factory.mktemp("run-state")
     env = run_env(broker_settings, state_dir)
     try:
-        result = prognos_run(env, "--until-complete", "--timeout", "1400")
+        result = prognos_run(env, "--until-complete", "--timeout", "2700")
         yield {"result": result, "env": env, "state_dir": state_dir}
     finally:
         stop_leftovers(state_dir)
