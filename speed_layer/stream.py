@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from prognos.core import boundary, lake
+from prognos.core.events import EVENT_TIME_MIN
 from prognos.core.scoring import champion_watcher
 from prognos.core.settings import Settings, get_settings
 from prognos.core.tables import create_table, get_table, table_path
@@ -41,7 +42,8 @@ def machine_rows(spark, settings: Settings):
 
     The event time is taken from the JSON without full validation (the state function
     validates); a time beyond the future tolerance is ignored so it cannot push the
-    watermark ahead.
+    watermark ahead, and one before the contract's range is ignored too (pandas, which the
+    state function receives the rows in, cannot hold it).
     """
     from pyspark.sql import functions as F
 
@@ -51,16 +53,22 @@ def machine_rows(spark, settings: Settings):
         settings.topic_readings,
         max_offsets_per_trigger=settings.speed_max_offsets_per_trigger,
     )
-    event_time = F.to_timestamp(F.get_json_object(F.col("value").cast("string"), "$.event_time"))
+    # try_: a malformed time is null (the state function dead-letters the event), not an error
+    event_time = F.try_to_timestamp(
+        F.get_json_object(F.col("value").cast("string"), "$.event_time")
+    )
     horizon = F.current_timestamp() + F.expr(
         f"INTERVAL {int(settings.batch_future_tolerance_s)} SECONDS"
     )
     return kafka.select(
-        F.coalesce(F.col("key").cast("string"), F.lit("")).alias("machine_key"),
+        # a key of invalid UTF-8 would break the Arrow transfer to the state function
+        F.coalesce(F.make_valid_utf8(F.col("key").cast("string")), F.lit("")).alias("machine_key"),
         "value",
         F.col("partition").alias("kafka_partition"),
         F.col("offset").alias("kafka_offset"),
-        F.when(event_time <= horizon, event_time).alias("event_time"),
+        F.when((event_time <= horizon) & (event_time >= F.lit(EVENT_TIME_MIN)), event_time).alias(
+            "event_time"
+        ),
     ).withWatermark("event_time", settings.speed_watermark)
 
 

@@ -24,6 +24,10 @@ from prognos.core.data import SENSOR_COLUMNS, SETTING_COLUMNS
 from prognos.core.errors import EventValidationError
 
 SCHEMA_VERSION = 1
+MAX_CYCLE = 2**31 - 1  # silver stores the cycle as a 32-bit int
+# Times outside this range are invalid (pandas and the speed state hold nanosecond times)
+EVENT_TIME_MIN = datetime(1900, 1, 1, tzinfo=UTC)
+EVENT_TIME_MAX = datetime(2200, 1, 1, tzinfo=UTC)
 FIELDS = ("schema_version", "machine_id", "cycle", "event_time", "settings", "sensors", "source")
 MACHINE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 SOURCE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}")
@@ -84,7 +88,7 @@ def validate_event(obj) -> list[str]:
     if not isinstance(obj, dict):
         return [f"event must be a JSON object, got {type(obj).__name__}"]
     reasons = [f"missing field {name}" for name in FIELDS if name not in obj]
-    reasons += [f"unknown field {name}" for name in obj if name not in FIELDS]
+    reasons += [f"unknown field {name[:60]}" for name in obj if name not in FIELDS]
     checks = {
         "schema_version": _check_schema_version,
         "machine_id": _check_machine_id,
@@ -115,7 +119,7 @@ def _plainly_valid(obj) -> bool:
             and type(obj["schema_version"]) is int
             and obj["schema_version"] == SCHEMA_VERSION
             and type(obj["cycle"]) is int
-            and obj["cycle"] > 0
+            and 0 < obj["cycle"] <= MAX_CYCLE
             and type(obj["machine_id"]) is str
             and MACHINE_ID_PATTERN.fullmatch(obj["machine_id"]) is not None
             and type(obj["source"]) is str
@@ -138,11 +142,17 @@ def _plain_readings(value, expected: frozenset) -> bool:
 
 @functools.lru_cache(maxsize=4096)
 def _valid_time(text: str) -> bool:
+    return _time_reason(text) is None
+
+
+def _time_reason(text: str) -> str | None:
     try:
-        parse_event_time(text)
+        moment = parse_event_time(text)
     except ValueError:
-        return False
-    return True
+        return "ISO-8601 with a timezone"
+    if not EVENT_TIME_MIN <= moment < EVENT_TIME_MAX:
+        return f"between {EVENT_TIME_MIN.year} and {EVENT_TIME_MAX.year}"
+    return None
 
 
 def _is_int(value) -> bool:
@@ -151,53 +161,67 @@ def _is_int(value) -> bool:
 
 def _check_schema_version(value) -> list[str]:
     if value != SCHEMA_VERSION or not _is_int(value):
-        return [f"schema_version must be {SCHEMA_VERSION}, got {value!r}"]
+        return [f"schema_version must be {SCHEMA_VERSION}, got {_shown(value)}"]
     return []
 
 
 def _check_machine_id(value) -> list[str]:
     if not isinstance(value, str) or not MACHINE_ID_PATTERN.fullmatch(value):
-        return [f"machine_id must be 1-128 chars of [A-Za-z0-9._:-], got {value!r}"]
+        return [f"machine_id must be 1-128 chars of [A-Za-z0-9._:-], got {_shown(value)}"]
     return []
 
 
 def _check_cycle(value) -> list[str]:
     if not _is_int(value):
-        return [f"cycle must be an integer, got {value!r}"]
+        return [f"cycle must be an integer, got {_shown(value)}"]
     if value <= 0:
-        return [f"cycle must be > 0, got {value}"]
+        return [f"cycle must be > 0, got {_shown(value)}"]
+    if value > MAX_CYCLE:
+        return [f"cycle must be <= {MAX_CYCLE}, got {_shown(value)}"]
     return []
 
 
 def _check_event_time(value) -> list[str]:
     if not isinstance(value, str):
-        return [f"event_time must be an ISO-8601 string, got {value!r}"]
-    try:
-        parse_event_time(value)
-    except ValueError:
-        return [f"event_time must be ISO-8601 with a timezone, got {value!r}"]
-    return []
+        return [f"event_time must be an ISO-8601 string, got {_shown(value)}"]
+    reason = _time_reason(value)
+    return [] if reason is None else [f"event_time must be {reason}, got {_shown(value)}"]
 
 
 def _check_readings(name: str, value, expected: tuple[str, ...]) -> list[str]:
     if not isinstance(value, dict):
         return [f"{name} must be an object with {expected[0]}..{expected[-1]}"]
     reasons = [f"{name}.{key} missing" for key in expected if key not in value]
-    reasons += [f"{name}.{key} unknown" for key in value if key not in expected]
+    reasons += [f"{name}.{key[:60]} unknown" for key in value if key not in expected]
     for key in expected:
         reading = value.get(key)
         if key not in value:
             continue
         if isinstance(reading, bool) or not isinstance(reading, int | float):
-            reasons.append(f"{name}.{key} must be a number, got {reading!r}")
-        elif not math.isfinite(reading):
-            reasons.append(f"{name}.{key} must be finite, got {reading!r}")
+            reasons.append(f"{name}.{key} must be a number, got {_shown(reading)}")
+        elif not _finite(reading):
+            reasons.append(f"{name}.{key} must be finite, got {_shown(reading)}")
     return reasons
+
+
+def _finite(number: int | float) -> bool:
+    try:
+        return math.isfinite(number)
+    except OverflowError:  # an integer beyond the double range
+        return False
+
+
+def _shown(value, limit: int = 60) -> str:
+    """repr for a reason: bounded (a field may be huge), any int (even 10**5000) shown."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _check_source(value) -> list[str]:
     if not isinstance(value, str) or not SOURCE_PATTERN.fullmatch(value):
-        return [f"source must be 1-64 chars of [A-Za-z0-9._:/-], got {value!r}"]
+        return [f"source must be 1-64 chars of [A-Za-z0-9._:/-], got {_shown(value)}"]
     return []
 
 
@@ -207,8 +231,8 @@ def event_reasons(raw: bytes | str | None) -> list[str]:
         return ["empty message"]
     try:
         obj = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        return [f"not valid JSON: {error}"]
+    except (ValueError, RecursionError) as error:  # incl. bad UTF-8, too many digits
+        return [f"not valid JSON: {str(error)[:120]}"]
     return validate_event(obj)
 
 
@@ -232,8 +256,8 @@ def parse_event(raw: bytes | str) -> Event:
     """Decode wire bytes; EventValidationError (with `.reasons`) when invalid."""
     try:
         obj = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise _invalid([f"not valid JSON: {error}"]) from None
+    except (ValueError, RecursionError) as error:  # incl. bad UTF-8, too many digits
+        raise _invalid([f"not valid JSON: {str(error)[:120]}"]) from None
     return event_from_dict(obj)
 
 

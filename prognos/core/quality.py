@@ -18,7 +18,13 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
-from prognos.core.events import MACHINE_ID_PATTERN, SCHEMA_VERSION
+from prognos.core.events import (
+    EVENT_TIME_MAX,
+    EVENT_TIME_MIN,
+    MACHINE_ID_PATTERN,
+    MAX_CYCLE,
+    SCHEMA_VERSION,
+)
 
 SETTING_FIELDS = tuple(f"setting_{i}" for i in range(1, 4))
 SENSOR_FIELDS = tuple(f"sensor_{i}" for i in range(1, 22))
@@ -102,7 +108,7 @@ def _flatten_one(value) -> dict:
     try:
         text = value.decode("utf-8") if isinstance(value, bytes | bytearray) else value
         event = json.loads(text)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, RecursionError) as error:  # incl. too many digits
         return {**empty, PARSE_ERROR: f"not JSON: {str(error)[:120]}"}
     if not isinstance(event, dict):
         return {**empty, PARSE_ERROR: f"not a JSON object: {type(event).__name__}"}
@@ -120,7 +126,10 @@ def _flatten_one(value) -> dict:
 def _as_number(value) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return np.nan
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond the double range: out of every range
+        return np.inf if value > 0 else -np.inf
 
 
 def _as_epoch(value) -> float:
@@ -171,6 +180,10 @@ def build_rules(ranges: Ranges, now_epoch: float, future_tolerance_s: float) -> 
         Rule("machine_id_format", gxe.ExpectColumnValuesToBeNull(column=MACHINE_ID_BAD)),
         Rule("cycle_positive", _at_least("cycle__num", 1)),
         Rule(
+            "cycle_in_range",
+            gxe.ExpectColumnValuesToBeBetween(column="cycle__num", max_value=MAX_CYCLE),
+        ),
+        Rule(
             "schema_version_known",
             gxe.ExpectColumnValuesToBeInSet(column="schema_version", value_set=SCHEMA_VERSIONS),
         ),
@@ -178,6 +191,15 @@ def build_rules(ranges: Ranges, now_epoch: float, future_tolerance_s: float) -> 
             "event_time_not_future",
             gxe.ExpectColumnValuesToBeBetween(
                 column=EVENT_EPOCH, max_value=now_epoch + future_tolerance_s
+            ),
+        ),
+        Rule(
+            "event_time_in_range",
+            gxe.ExpectColumnValuesToBeBetween(
+                column=EVENT_EPOCH,
+                min_value=EVENT_TIME_MIN.timestamp(),
+                max_value=EVENT_TIME_MAX.timestamp(),
+                strict_max=True,
             ),
         ),
     ]

@@ -56,6 +56,11 @@ CASES = {
     "numeric_machine_id": (event(machine_id=7), ["type:machine_id"]),
     "bad_machine_id": (event(machine_id="no spaces!"), ["machine_id_format"]),
     "two_faults": (event(cycle=-1, sensor_2=-5.0), ["range:sensor_2", "cycle_positive"]),
+    "cycle_beyond_int32": (event(cycle=2**31), ["cycle_in_range"]),
+    "int_beyond_double": (event(sensor_4=10**400), ["range:sensor_4"]),
+    "ancient_time": (event(event_time="1000-01-01T00:00:00+00:00"), ["event_time_in_range"]),
+    "deep_nesting": ("[" * 100_000, ["valid_json"]),
+    "too_many_digits": ("1" * 5000, ["valid_json"]),
 }
 
 

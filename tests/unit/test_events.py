@@ -136,3 +136,27 @@ def test_spark_schema_has_the_same_fields():
     assert tuple(field.name for field in schema.fields) == FIELDS
     assert [f.name for f in schema["sensors"].dataType.fields] == list(SENSOR_COLUMNS)
     assert [f.name for f in schema["settings"].dataType.fields] == list(SETTING_COLUMNS)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (json.dumps(_broken(cycle=2**31)), "cycle must be <= 2147483647"),
+        (json.dumps(_broken(cycle=10**4000)), "cycle must be <= 2147483647, got an integer"),
+        (
+            json.dumps(_broken(sensors={**a_valid_event()["sensors"], "sensor_3": 10**400})),
+            "sensors.sensor_3 must be finite, got an integer",
+        ),
+        (json.dumps(_broken(event_time="1000-01-01T00:00:00Z")), "between 1900 and 2200"),
+        (json.dumps(_broken(event_time="9999-01-01T00:00:00Z")), "between 1900 and 2200"),
+        (json.dumps(_broken(schema_version=10**100)), "got an integer of 333 bits"),
+        ("[" * 100_000, "not valid JSON"),
+        ("1" * 5000, "not valid JSON"),
+    ],
+)
+def test_hostile_payloads_get_reasons_not_exceptions(raw, reason):
+    reasons = event_reasons(raw.encode())
+    assert any(reason in r for r in reasons), reasons
+    assert all(len(r) < 200 for r in reasons)
+    with pytest.raises(EventValidationError):
+        parse_event(raw)
