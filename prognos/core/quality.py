@@ -164,6 +164,9 @@ def build_rules(ranges: Ranges, now_epoch: float, future_tolerance_s: float) -> 
         Rule("type:cycle", _integer_type("cycle")),
         Rule("type:schema_version", _integer_type("schema_version")),
         Rule("type:event_time", gxe.ExpectColumnValuesToBeNull(column=EVENT_TIME_BAD)),
+        Rule(
+            "type:source", gxe.ExpectColumnValuesToBeInTypeList(column="source", type_list=["str"])
+        ),
     ]
     rules += [
         Rule(f"type:{name}", gxe.ExpectColumnValuesToBeInTypeList(column=name, type_list=_NUM))

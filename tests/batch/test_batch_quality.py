@@ -61,6 +61,7 @@ CASES = {
     "ancient_time": (event(event_time="1000-01-01T00:00:00+00:00"), ["event_time_in_range"]),
     "deep_nesting": ("[" * 100_000, ["valid_json"]),
     "too_many_digits": ("1" * 5000, ["valid_json"]),
+    "source_not_text": (event(source=True), ["type:source"]),
 }
 
 
