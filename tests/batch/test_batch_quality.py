@@ -62,6 +62,9 @@ CASES = {
     "deep_nesting": ("[" * 100_000, ["valid_json"]),
     "too_many_digits": ("1" * 5000, ["valid_json"]),
     "source_not_text": (event(source=True), ["type:source"]),
+    "bool_cycle": (event(cycle=False), ["type:cycle"]),
+    "bool_sensor": (event(sensor_4=True), ["type:sensor_4"]),
+    "bool_version": (event(schema_version=True), ["type:schema_version"]),
 }
 
 
