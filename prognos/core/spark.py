@@ -52,6 +52,9 @@ def spark_conf(settings: Settings | None = None) -> dict[str, str]:
         "spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled": "true",
         "spark.sql.adaptive.enabled": "true",
         "spark.databricks.delta.schema.autoMerge.enabled": "false",
+        # Delta replays a table's log in 50 tasks by default (sized for huge logs); on
+        # prognos' tables that costs seconds per read and write, so use the shuffle width.
+        "spark.databricks.delta.snapshotPartitions": str(settings.spark_shuffle_partitions),
         # Tables stay readable by delta-rs (serving layer): no deletion vectors.
         "spark.databricks.delta.properties.defaults.enableDeletionVectors": "false",
         "spark.pyspark.python": python,
