@@ -230,7 +230,8 @@ def compute_features(
     _check_model(condition_model, config)
     _require_columns(history, [*KEY_COLUMNS, *SETTING_NAMES, *config.sensors])
     history = history.sort_values("cycle", kind="stable")
-    return _features_of_rows(history, None, condition_model, config)
+    inputs = _input_arrays(history, config)
+    return pd.DataFrame(_features_of_rows(inputs, slice(None), None, condition_model, config))
 
 
 def _rolling_stats(
@@ -239,7 +240,9 @@ def _rolling_stats(
     """Trailing-window mean, std (ddof 0) and least-squares slope per cycle.
 
     Each output row depends only on its own trailing window, computed the same way
-    whatever precedes it, so truncated and full histories give identical values.
+    whatever precedes it, so truncated and full histories give identical values: the sums
+    run over the window's rows from the newest to the oldest with elementwise operations
+    only (no reductions whose order could depend on the array's shape).
     `groups` (one id per row, rows of a group contiguous) stops a window at its group's
     first row: several machines in one call give exactly their one-by-one values.
     """
@@ -247,28 +250,62 @@ def _rolling_stats(
     if n == 0:
         empty = np.zeros((0, width))
         return empty, empty, empty
-    pad = np.full((window - 1, width), np.nan)
-    padded = np.vstack([pad, signals])
-    padded_x = np.concatenate([np.full(window - 1, np.nan), cycles])
-    views = np.lib.stride_tricks.sliding_window_view(padded, window, axis=0)  # n, width, w
-    xs = np.lib.stride_tricks.sliding_window_view(padded_x, window)  # n, w
-    present = ~np.isnan(xs)
-    if groups is not None:
-        padded_groups = np.concatenate([np.full(window - 1, -1), groups])
-        same = np.lib.stride_tricks.sliding_window_view(padded_groups, window) == groups[:, None]
-        present &= same
-    count = present.sum(axis=1)
-    y = np.where(present[:, None, :], views, 0.0)
-    mean = y.sum(axis=2) / count[:, None]
-    deviation = np.where(present[:, None, :], views - mean[:, :, None], 0.0)
-    std = np.sqrt((deviation**2).sum(axis=2) / count[:, None])
-    x = np.where(present, xs, 0.0)
-    x_mean = x.sum(axis=1) / count
-    x_dev = np.where(present, xs - x_mean[:, None], 0.0)
-    denominator = (x_dev**2).sum(axis=1)
-    numerator = (deviation * x_dev[:, None, :]).sum(axis=2)
+    count = np.minimum(_positions_in_group(n, groups) + 1, window)
+    padded = np.vstack([np.zeros((window - 1, width)), signals])
+    padded_x = np.concatenate([np.zeros(window - 1), cycles])
+    lagged = [  # (values, cycles) `lag` rows back, newest first; zeros before the first row
+        (padded[window - 1 - lag : n + window - 1 - lag], padded_x[window - 1 - lag :][:n])
+        for lag in range(window)
+    ]
+    mean, std, slope = _window_stats(lagged, np.full(n, float(window)))
+    short = np.flatnonzero(count < window)  # windows cut by the group's (or frame's) start
+    if len(short):
+        short_count = count[short]
+        keep = [lag < short_count for lag in range(window)]
+        short_lagged = [
+            (np.where(kept[:, None], values[short], 0.0), np.where(kept, x[short], 0.0))
+            for kept, (values, x) in zip(keep, lagged, strict=True)
+        ]
+        stats = _window_stats(short_lagged, short_count.astype(np.float64), keep)
+        mean[short], std[short], slope[short] = stats
+    return mean, std, slope
+
+
+def _positions_in_group(n: int, groups: np.ndarray | None) -> np.ndarray:
+    """Index of each row within its group (the whole frame when `groups` is None)."""
+    index = np.arange(n)
+    if groups is None:
+        return index
+    starts = np.r_[True, groups[1:] != groups[:-1]]
+    return index - np.maximum.accumulate(np.where(starts, index, 0))
+
+
+def _window_stats(lagged, count: np.ndarray, keep=None):
+    """Mean, std and slope over `lagged` rows (newest first); `keep[lag]` masks the lags
+    outside a short window (their values arrive as zeros)."""
+    total = lagged[0][0].copy()
+    total_x = lagged[0][1].copy()
+    for values, x in lagged[1:]:
+        total += values
+        total_x += x
+    mean = total / count[:, None]
+    x_mean = total_x / count
+    squares = np.zeros_like(mean)
+    cross = np.zeros_like(mean)
+    x_squares = np.zeros_like(x_mean)
+    product = np.empty_like(mean)
+    for lag, (values, x) in enumerate(lagged):
+        deviation = values - mean
+        x_dev = x - x_mean
+        if keep is not None:
+            deviation[~keep[lag]] = 0.0
+            x_dev[~keep[lag]] = 0.0
+        squares += np.multiply(deviation, deviation, out=product)
+        cross += np.multiply(deviation, x_dev[:, None], out=product)
+        x_squares += x_dev * x_dev
+    std = np.sqrt(squares / count[:, None])
     with np.errstate(invalid="ignore", divide="ignore"):
-        slope = np.where(denominator[:, None] > 0, numerator / denominator[:, None], 0.0)
+        slope = np.where(x_squares[:, None] > 0, cross / x_squares[:, None], 0.0)
     return mean, std, slope
 
 
@@ -303,13 +340,14 @@ def compute_features_many(
     frame = frame.sort_values(["machine_id", "cycle"], kind="stable")
     groups = pd.factorize(frame["machine_id"])[0]
     bounds = _chunk_bounds(groups, MANY_CHUNK_ROWS)
+    inputs = _input_arrays(frame, config)
     parts = [
-        _features_of_rows(frame.iloc[start:stop], groups[start:stop], condition_model, config)
+        _features_of_rows(inputs, slice(start, stop), groups[start:stop], condition_model, config)
         for start, stop in itertools.pairwise(bounds)
     ]
     if not parts:
         return compute_features(frame, condition_model, config)
-    return pd.concat(parts, ignore_index=True)
+    return pd.DataFrame({name: np.concatenate([part[name] for part in parts]) for name in parts[0]})
 
 
 def _chunk_bounds(groups: np.ndarray, rows: int) -> list[int]:
@@ -324,36 +362,52 @@ def _chunk_bounds(groups: np.ndarray, rows: int) -> list[int]:
     return bounds
 
 
+def _input_arrays(frame: pd.DataFrame, config: FeatureConfig) -> dict[str, np.ndarray]:
+    """The columns the features need, as numpy arrays (converted once per frame)."""
+    arrays = {
+        "machine_id": frame["machine_id"].to_numpy(),
+        "cycle": frame["cycle"].to_numpy(),
+        "settings": frame[list(SETTING_NAMES)].to_numpy(dtype=np.float64),
+        "sensors": frame[list(config.sensors)].to_numpy(dtype=np.float64),
+    }
+    if "rul" in frame.columns:
+        arrays["rul"] = frame["rul"].to_numpy()
+    return arrays
+
+
 def _features_of_rows(
-    history: pd.DataFrame, groups: np.ndarray | None, model: ConditionModel, config: FeatureConfig
-) -> pd.DataFrame:
-    """Feature rows of rows sorted by machine and cycle; `groups` tells machines apart
-    (None: all rows are one machine's)."""
-    settings = history[list(SETTING_NAMES)].to_numpy(dtype=np.float64)
-    labels = model.assign(settings) if len(history) else np.zeros(0, dtype=int)
-    values = history[list(config.sensors)].to_numpy(dtype=np.float64)
-    z = _normalise(values, labels, model)
-    health = (z * np.asarray(model.health_signs)).mean(axis=1, keepdims=True)
-    cycles = history["cycle"].to_numpy(dtype=np.float64)
+    inputs: dict, rows: slice, groups: np.ndarray | None, model: ConditionModel, config
+) -> dict[str, np.ndarray]:
+    """Feature columns of `rows` of `inputs` (sorted by machine and cycle); `groups` tells
+    machines apart (None: all rows are one machine's). Elementwise arithmetic only, so a
+    row's values do not depend on the other rows of the call or on the arrays' layout."""
+    settings = inputs["settings"][rows]
+    labels = model.assign(settings) if len(settings) else np.zeros(0, dtype=int)
+    z = _normalise(inputs["sensors"][rows], labels, model)
+    health = np.zeros(len(z))
+    for index, sign in enumerate(model.health_signs):
+        health += sign * z[:, index]
+    health /= z.shape[1]
+    cycle = inputs["cycle"][rows]
     columns: dict[str, np.ndarray] = {
-        "machine_id": history["machine_id"].to_numpy(),
-        "cycle": history["cycle"].to_numpy(),
+        "machine_id": inputs["machine_id"][rows],
+        "cycle": cycle,
         CONDITION: labels.astype(np.int32),
     }
     for index, name in enumerate(normalised_columns(config)):
         columns[name] = z[:, index]
-    columns[HEALTH] = health[:, 0]
-    signals = np.hstack([z, health])
+    columns[HEALTH] = health
+    signals = np.hstack([z, health[:, None]])
     names = [*config.sensors, HEALTH]
     for window in config.windows:
-        mean, std, slope = _rolling_stats(signals, cycles, window, groups)
+        mean, std, slope = _rolling_stats(signals, cycle.astype(np.float64), window, groups)
         for index, name in enumerate(names):
             columns[f"{name}_mean_{window}"] = mean[:, index]
             columns[f"{name}_std_{window}"] = std[:, index]
             columns[f"{name}_slope_{window}"] = slope[:, index]
-    if "rul" in history.columns:
-        columns["rul"] = history["rul"].to_numpy()
-    return pd.DataFrame(columns)
+    if "rul" in inputs:
+        columns["rul"] = inputs["rul"][rows]
+    return columns
 
 
 def add_labels(frame: pd.DataFrame, config: FeatureConfig | None = None) -> pd.DataFrame:
