@@ -262,8 +262,10 @@ def write_table(
     mode: str = "append",
     allow_evolution: bool = False,
     user_metadata: str | None = None,
+    options: Mapping[str, str] | None = None,
 ) -> int:
-    """Batch write (append/overwrite) with schema enforcement; return the new version."""
+    """Batch write (append/overwrite) with schema enforcement; return the new version.
+    `options` go to the writer (e.g. Parquet settings of this write)."""
     spec = get_table(table)
     check_schema(df, spec, allow_evolution=allow_evolution)
     create_table(df.sparkSession, spec, settings)
@@ -272,6 +274,8 @@ def write_table(
         writer = writer.option("mergeSchema", "true")
     if user_metadata:
         writer = writer.option("userMetadata", user_metadata)
+    for key, value in (options or {}).items():
+        writer = writer.option(key, value)
     writer.save(str(table_path(spec, settings)))
     return latest_version(df.sparkSession, spec, settings)
 
