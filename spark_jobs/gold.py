@@ -1,8 +1,9 @@
 """Gold features: silver -> gold_features with the shared feature code.
 
-prognos.core.features (also used by the speed layer) runs with applyInPandas over buckets
-of machines (hash of the machine id), vectorised over each bucket's machines with the same
-values as machine by machine; a feature row for cycle c uses only cycles <= c. Condition
+prognos.core.features (also used by the speed layer) runs with mapInPandas over silver
+partitioned by machine and sorted by machine and cycle: each Arrow batch's complete machines
+are computed together (vectorised, the same values as machine by machine), a machine cut by
+the batch end waits for the next batch; a feature row for cycle c uses only cycles <= c. Condition
 models are learned from the C-MAPSS training data of each machine's subset (machine ids
 start with it). Labels where the true RUL is known (C-MAPSS train and test engines, by
 id): rul, rul_target capped at PROGNOS_GOLD_RUL_CAP, fails_within_h (rul <=
@@ -21,6 +22,9 @@ from prognos.core.settings import Settings, get_settings
 from prognos.core.tables import GOLD_LABEL_COLUMNS, get_table, is_delta_table, table_path
 
 DEFAULT_SUBSET = "FD001"
+# Parquet dictionaries pay off for repeated values, not for ~150 columns of distinct
+# doubles: building them and falling back to plain pages was half of gold's write time.
+GOLD_WRITE_OPTIONS = {"parquet.enable.dictionary": "false"}
 CMAPSS_ID = re.compile(r"(?P<subset>FD00[1-4])-(?P<split>train|test)-(?P<unit>\d{4})")
 
 
@@ -41,30 +45,61 @@ def condition_models(subsets) -> dict:
 
 
 def features_per_bucket(models_json: dict):
-    """An applyInPandas function: the silver histories of a bucket of machines -> their
-    gold rows (vectorised over the bucket's machines, per C-MAPSS subset)."""
+    """The feature rows of a frame of complete machine histories (any order): a pandas
+    function, vectorised over the frame's machines, per C-MAPSS subset."""
     labels = {name for name, _ in GOLD_LABEL_COLUMNS}
     columns = [c for c in get_table("gold_features").column_names if c not in labels]
 
     def compute(histories):
+        import numpy as np
         import pandas as pd
 
         from prognos.core.features import ConditionModel, compute_features_many
 
         parts = []
-        subsets = histories["machine_id"].map(subset_of)
-        for subset, rows in histories.groupby(subsets, sort=True):
+        codes, machines = pd.factorize(histories["machine_id"])
+        subsets = np.asarray([subset_of(machine) for machine in machines], dtype=object)[codes]
+        for subset in sorted(set(subsets)):
             model = ConditionModel.from_json(models_json[subset])
-            rows = rows.sort_values(["machine_id", "cycle"], kind="stable")
+            rows = histories[subsets == subset].sort_values(["machine_id", "cycle"], kind="stable")
             features = compute_features_many(rows, model)
-            features["event_time"] = rows["event_time"].to_numpy()
+            features.insert(
+                columns.index("event_time"), "event_time", rows["event_time"].to_numpy()
+            )
             parts.append(features)
-        features = pd.concat(parts, ignore_index=True)
+        features = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
         features["cycle"] = features["cycle"].astype("int32")
         features["condition"] = features["condition"].astype("int32")
-        return features[columns]
+        return features[columns] if list(features.columns) != columns else features
 
     return compute
+
+
+def features_of_sorted_batches(models_json: dict):
+    """A mapInPandas function over a partition sorted by machine and cycle: the feature
+    rows of each batch's complete machines; the last machine of a batch may continue in
+    the next one, so its rows wait for it (or for the partition's end)."""
+    compute = features_per_bucket(models_json)
+
+    def features(batches):
+        import pandas as pd
+
+        waiting = None
+        for batch in batches:
+            if not len(batch):
+                continue
+            if waiting is not None:
+                batch = pd.concat([waiting, batch], ignore_index=True)
+            machines = batch["machine_id"].to_numpy()
+            others = (machines != machines[-1]).nonzero()[0]
+            last_start = int(others[-1]) + 1 if len(others) else 0
+            waiting = batch.iloc[last_start:]
+            if last_start:
+                yield compute(batch.iloc[:last_start])
+        if waiting is not None and len(waiting):
+            yield compute(waiting)
+
+    return features
 
 
 def failure_cycles(machines, settings: Settings) -> dict[str, int]:
@@ -126,17 +161,19 @@ def build(spark, settings: Settings, run_id: str) -> dict:
     subsets = sorted({subset_of(machine) for machine in machines}) or [DEFAULT_SUBSET]
     models = {name: model.to_json() for name, model in condition_models(subsets).items()}
     spec = get_table("gold_features")
-    buckets = max(1, settings.spark_shuffle_partitions) * 2
     features = (
         silver.select("machine_id", "cycle", "event_time", *_feature_inputs())
-        .groupBy(F.pmod(F.xxhash64("machine_id"), F.lit(buckets)).alias("bucket"))
-        .applyInPandas(features_per_bucket(models), _without_labels(spec))
+        .repartition(max(1, settings.spark_shuffle_partitions), "machine_id")
+        .sortWithinPartitions("machine_id", "cycle")
+        .mapInPandas(features_of_sorted_batches(models), _without_labels(spec))
         .withColumn("cycle", F.col("cycle").cast("int"))
     )
     gold = with_labels(spark, features, failure_cycles(machines, settings), settings)
     gold = gold.select(*spec.column_names)
     metadata = json.dumps({"run_id": run_id, "silver_version": silver_version})
-    version = lake.write_table(gold, spec, settings, mode="overwrite", user_metadata=metadata)
+    version = lake.write_table(
+        gold, spec, settings, mode="overwrite", user_metadata=metadata, options=GOLD_WRITE_OPTIONS
+    )
     rows = _rows_written(spark, settings)
     logs.lineage("gold", run_id, {"silver": silver_version}, {"gold_features": version}, settings)
     return {"silver_version": silver_version, "gold_version": version, "rows": rows}
