@@ -106,7 +106,11 @@ class AlertMemory:
             self.levels = self._load_before(batch_id)
         raised = []
         for record in scored.to_dict("records"):
-            machine, level = record["machine_id"], record["alert_level"]
+            machine, level, cycle = (
+                record["machine_id"],
+                record["alert_level"],
+                int(record["cycle"]),
+            )
             previous = self.levels.get(machine)
             if alerting.rises(previous, level):
                 raised.append(
@@ -114,7 +118,7 @@ class AlertMemory:
                     | {
                         "kind": "alert",
                         "previous_level": previous,
-                        "alert_id": alerting.alert_id(machine, record["cycle"], level),
+                        "alert_id": alerting.alert_id(machine, cycle, level),
                         "threshold": alerting.threshold_of(level, settings),
                     }
                 )
