@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -155,3 +156,37 @@ def test_a_taken_api_port_is_refused_before_anything_starts(completed, tmp_path)
     assert result.returncode == 1
     assert "(PROGNOS_API_PORT) is taken by another process" in result.stderr
     assert not (tmp_path / "run" / "started.pids").exists()
+
+
+def test_prognos_down_stops_a_running_run_and_what_it_started(broker_settings, tmp_path):
+    """`prognos run` without --until-complete runs until stopped: `prognos down` from another
+    shell ends it (SIGTERM by its PID file) while its Airflow step runs; nothing is left."""
+    env = run_env(broker_settings, tmp_path)
+    record = tmp_path / "run" / "started.pids"
+    with subprocess.Popen(
+        [sys.executable, "-m", "prognos.cli.main", "run"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as running:
+        try:
+            while "batch_layer" not in (record.read_text() if record.exists() else ""):
+                assert running.poll() is None, running.communicate()
+                time.sleep(0.5)
+            down = subprocess.run(
+                [sys.executable, "-m", "prognos.cli.main", "down"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            out, err = running.communicate(timeout=300)
+        finally:
+            running.kill()
+            stop_leftovers(tmp_path)
+    assert down.returncode == 0, down.stderr
+    assert "prognos run: stopped" in down.stdout
+    assert running.returncode == 130, (out[-2000:], err[-2000:])
+    assert "run: interrupted" in err
+    assert_nothing_left(tmp_path)
