@@ -101,7 +101,6 @@ class BatchWriter:
         self.memory = AlertMemory(checkpoint)
         self._app_id: str | None = None
         self._kafka = None
-        self._tables: dict[str, object] = {}
 
     @property
     def app_id(self) -> str:
@@ -151,22 +150,13 @@ class BatchWriter:
 
     def _already_written(self, batch_id: int) -> bool:
         """True when the speed view (written last) already holds this batch."""
-        if not (table_path("speed_view", self.settings) / "_delta_log").is_dir():
-            return False
-        done = self._table("speed_view").transaction_version(self.app_id)
-        return done is not None and done >= batch_id
-
-    def _table(self, name: str):
-        """The delta-rs handle of one of the layer's tables, kept and brought up to date
-        (reading the log from its last checkpoint every batch costs tens of ms)."""
         from deltalake import DeltaTable
 
-        table = self._tables.get(name)
-        if table is None:
-            table = self._tables[name] = DeltaTable(str(table_path(name, self.settings)))
-        else:
-            table.update_incremental()
-        return table
+        path = table_path("speed_view", self.settings)
+        if not (path / "_delta_log").is_dir():
+            return False
+        done = DeltaTable(str(path)).transaction_version(self.app_id)
+        return done is not None and done >= batch_id
 
     def _producer(self):
         if self._kafka is None:
@@ -236,7 +226,9 @@ class BatchWriter:
 
     def _once(self, table_name: str, app_id: str, batch_id: int, write) -> None:
         """Run a delta-rs write unless the table's app transaction already holds the batch."""
-        table = self._table(table_name)
+        from deltalake import DeltaTable
+
+        table = DeltaTable(str(table_path(table_name, self.settings)))
         done = table.transaction_version(app_id)
         if done is None or done < batch_id:
             write(table)
@@ -248,6 +240,8 @@ class BatchWriter:
         The commit carries (app id, batch id) as a Delta app transaction, which
         `_already_written` checks.
         """
+        from deltalake import DeltaTable
+
         spec = get_table("speed_view")
         columns = {c: f"s.`{c}`" for c in spec.column_names}
         commit = _txn(self.app_id, batch_id)
@@ -255,9 +249,9 @@ class BatchWriter:
         def merge() -> None:
             # the boundary is re-read on a retry: a conflict means the expiry just ran
             source = self._view_rows(views, batch_id, boundary.manifest_offsets(self.settings))
+            table = DeltaTable(str(table_path(spec, self.settings)))
             (
-                self._table(spec.name)
-                .merge(
+                table.merge(
                     source,
                     "t.machine_id = s.machine_id",
                     source_alias="s",
