@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from prognos.core import boundary, lake
+from prognos.core import boundary, lake, logs
 from prognos.core.events import EVENT_TIME_MIN
 from prognos.core.scoring import champion_watcher
 from prognos.core.settings import Settings, get_settings
@@ -101,6 +101,7 @@ class BatchWriter:
         self.memory = AlertMemory(checkpoint)
         self._app_id: str | None = None
         self._kafka = None
+        self._tables: dict[str, object] = {}
 
     @property
     def app_id(self) -> str:
@@ -147,16 +148,35 @@ class BatchWriter:
             self.metrics.batch_written(
                 counts, max_event_time, time.monotonic() - started, phases.spent
             )
+        self._log_lineage(batch_id, counts)
+
+    def _log_lineage(self, batch_id: int, counts: dict) -> None:
+        """One lineage record per micro-batch: the tables it wrote, at their new versions."""
+        written = {"view": "speed_view", "alert": "alerts", "late": "late_rows"}
+        tables = [table for kind, table in written.items() if counts.get(kind)]
+        source = {f"kafka:{self.settings.topic_readings}": None}
+        outputs = logs.versions(self.settings, *tables)
+        run_id = f"{self.app_id}:{batch_id}"
+        logs.lineage("speed", run_id, source, outputs, self.settings, **counts)
 
     def _already_written(self, batch_id: int) -> bool:
         """True when the speed view (written last) already holds this batch."""
+        if not (table_path("speed_view", self.settings) / "_delta_log").is_dir():
+            return False
+        done = self._table("speed_view").transaction_version(self.app_id)
+        return done is not None and done >= batch_id
+
+    def _table(self, name: str):
+        """The delta-rs handle of one of the layer's tables, kept and brought up to date
+        (reading the log from its last checkpoint every batch costs tens of ms)."""
         from deltalake import DeltaTable
 
-        path = table_path("speed_view", self.settings)
-        if not (path / "_delta_log").is_dir():
-            return False
-        done = DeltaTable(str(path)).transaction_version(self.app_id)
-        return done is not None and done >= batch_id
+        table = self._tables.get(name)
+        if table is None:
+            table = self._tables[name] = DeltaTable(str(table_path(name, self.settings)))
+        else:
+            table.update_incremental()
+        return table
 
     def _producer(self):
         if self._kafka is None:
@@ -226,9 +246,7 @@ class BatchWriter:
 
     def _once(self, table_name: str, app_id: str, batch_id: int, write) -> None:
         """Run a delta-rs write unless the table's app transaction already holds the batch."""
-        from deltalake import DeltaTable
-
-        table = DeltaTable(str(table_path(table_name, self.settings)))
+        table = self._table(table_name)
         done = table.transaction_version(app_id)
         if done is None or done < batch_id:
             write(table)
@@ -240,8 +258,6 @@ class BatchWriter:
         The commit carries (app id, batch id) as a Delta app transaction, which
         `_already_written` checks.
         """
-        from deltalake import DeltaTable
-
         spec = get_table("speed_view")
         columns = {c: f"s.`{c}`" for c in spec.column_names}
         commit = _txn(self.app_id, batch_id)
@@ -249,9 +265,9 @@ class BatchWriter:
         def merge() -> None:
             # the boundary is re-read on a retry: a conflict means the expiry just ran
             source = self._view_rows(views, batch_id, boundary.manifest_offsets(self.settings))
-            table = DeltaTable(str(table_path(spec, self.settings)))
             (
-                table.merge(
+                self._table(spec.name)
+                .merge(
                     source,
                     "t.machine_id = s.machine_id",
                     source_alias="s",
