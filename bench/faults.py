@@ -171,6 +171,13 @@ def speed_caught_up(settings: Settings, last_cycles: dict) -> bool:
     return all(seen.get(m) == c for m, c in last_cycles.items())
 
 
+def speed_rows(settings: Settings) -> int:
+    try:
+        return lake.read_table_arrow("speed_view", settings).num_rows
+    except Exception:
+        return 0
+
+
 def ensure_speed(settings: Settings) -> None:
     from speed_layer import service
 
@@ -370,6 +377,8 @@ def run_bench(result: BenchResult, plan: dict, workdir: Path) -> None:
         began = time.monotonic()
         replayer.start()
         machines = sorted(replayer.last_cycles)
+        # load once the speed layer serves (its first commit), so answers are not all 404
+        lake.wait_for(lambda: speed_rows(settings) > 0, 600, 1)
         result.figures["load"] = load_phase(settings, machines, plan["load_s"])
         inject_faults(settings, plan, replayer, result)
         replayer.join()
