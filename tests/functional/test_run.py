@@ -14,6 +14,7 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 
 from prognos.core.registry import FilesystemRegistry
@@ -190,3 +191,20 @@ def test_prognos_down_stops_a_running_run_and_what_it_started(broker_settings, t
     assert running.returncode == 130, (out[-2000:], err[-2000:])
     assert "run: interrupted" in err
     assert_nothing_left(tmp_path)
+
+
+def test_up_airflow_starts_standalone_on_localhost_and_down_stops_it(broker_settings, tmp_path):
+    env = run_env(broker_settings, tmp_path)
+    port = env["PROGNOS_AIRFLOW_PORT"]
+    cli = [sys.executable, "-m", "prognos.cli.main"]
+    try:
+        up = subprocess.run([*cli, "up", "--airflow"], env=env, capture_output=True, text=True)
+        assert up.returncode == 0, up.stderr[-2000:]
+        assert f"at http://127.0.0.1:{port} (login: admin" in up.stdout
+        health = httpx.get(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=10).json()
+        assert health["scheduler"]["status"] == "healthy"
+        down = subprocess.run([*cli, "down"], env=env, capture_output=True, text=True)
+        assert "airflow: stopped" in down.stdout
+        assert_nothing_left(tmp_path)
+    finally:
+        stop_leftovers(tmp_path)
