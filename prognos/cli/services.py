@@ -85,6 +85,16 @@ def alive(pid: int, marker: bytes = b"") -> bool:
     return state != "Z" and marker in cmdline
 
 
+def child_exited(pid: int) -> bool:
+    """True once a child this process started has ended. (Its command line is not checked:
+    while the child execs, /proc shows it empty, which `alive(pid, marker)` reads as gone.)"""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:  # reaped already, or not our child
+        return not alive(pid)
+    return done == pid
+
+
 def stop_group(
     pid: int, grace_s: float = STOP_GRACE_S, marker: bytes = b"", leftovers: bool = False
 ) -> bool:
@@ -296,7 +306,7 @@ def start_airflow(settings: Settings, timeout_s: float = 600.0) -> str:
     url = f"http://127.0.0.1:{settings.airflow_port}"
     deadline = time.monotonic() + timeout_s
     while True:
-        if not alive(pid, AIRFLOW.marker):
+        if child_exited(pid):
             log = AIRFLOW.log(settings)
             raise ChildFailedError(f"airflow standalone exited; last lines of {log}:\n{tail(log)}")
         with contextlib.suppress(httpx.HTTPError):

@@ -42,6 +42,12 @@ def airflow_home(settings: Settings) -> Path:
     return settings.state_dir / "airflow"
 
 
+# Airflow's SQLite metadata DB has one writer at a time: the standalone scheduler and a CLI
+# command (e.g. `airflow backfill create`) wait this many seconds for the lock instead of
+# sqlite3's default 5 s ("database is locked" on a loaded machine).
+SQLITE_CONNECT_ARGS = {"timeout": 60}
+
+
 def airflow_env(settings: Settings, base: dict | None = None) -> dict[str, str]:
     """Environment for an `airflow` child process (and the spark-submit it runs)."""
     home = airflow_home(settings)
@@ -54,6 +60,9 @@ def airflow_env(settings: Settings, base: dict | None = None) -> dict[str, str]:
             "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": (
+                "prognos.core.airflow_env.SQLITE_CONNECT_ARGS"
+            ),
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": (
                 f"http://127.0.0.1:{settings.airflow_port}/execution/"
             ),
