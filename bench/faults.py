@@ -1,6 +1,6 @@
-"""Fault injection: the pipeline under kill -9, broker restarts and a killed batch job
-ends with the same tables as a clean run over the same events; and the serving API holds
-200 requests/s while the speed layer runs.
+"""Fault injection: the pipeline under kill -9, broker restarts and a batch task killed
+(and retried by Airflow) ends with the same tables as a clean run over the same events;
+and the serving API holds 200 requests/s while the speed layer runs.
 
 Faulted run (own broker, state dir and an untrained LSTM champion of the production
 shape): `prognos serve` and the speed layer (spark-submit) start; the replayer streams an
@@ -10,18 +10,28 @@ FD001 test fleet at a fixed rate (idempotent producer, long delivery timeout) wh
 2. faults: the speed layer is killed (SIGKILL of its process group) at random points and
    restarted, the broker is stopped and started twice between kills (a speed layer that
    died of the outage is restarted too);
-3. when the replay has ended and the speed view shows every machine's last cycle: bronze
-   ingest, then silver, killed with SIGKILL mid-write (once its first micro-batch started),
-   then silver again, gold and views (each a spark-submit).
+3. when the replay has ended and the speed view shows every machine's last cycle: the
+   batch layer through Airflow - `airflow dags test batch_layer <LOGICAL_DATE>` in the
+   run's own Airflow home (prognos.core.airflow_env, as `make run` does; retry delay 2 s)
+   - while a watcher SIGKILLs the silver task's spark-submit mid-write on its first
+   attempt (the process whose command line runs spark_jobs/silver.py and whose
+   PROGNOS_STATE_DIR is this run's; once silver's first micro-batch is planned, plus a
+   random 0.5-4 s); the task fails, Airflow retries it and the DAG run must succeed. Its
+   state, the silver task's tries and every task's times are read from Airflow's metadata
+   DB (bench/airflow_run.py, through Airflow's models).
 Clean run: the same topic through the speed layer (availableNow) and the batch jobs in one
 process, in a second state dir. Compared: bronze, silver, speed view, alerts (table and
 topic) and the merged answers of the serving snapshot; lost and duplicated counts must be 0.
-Not done here: a failed Airflow task retried (the DAG's retries are not exercised).
+The DAG's last task expires the speed-view rows its manifest covers and the clean run
+expires nothing, so the faulted speed view is compared as it was before the batch phase
+(both have seen no manifest then); the merged answers after it (the serving layer skips
+covered speed rows, so expiring them changes no answer).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -41,8 +51,10 @@ from bench._harness import BenchResult, parse_args, percentile
 from bench.serving import open_loop, start_process
 from bench.serving import stop as stop_process
 from bench.speed import API_KEY, bench_settings, child_env, register_champion
+from prognos.cli import services
 from prognos.core import lake, stack
-from prognos.core.settings import PROJECT_ROOT, Settings, load_settings
+from prognos.core.errors import PrognosError
+from prognos.core.settings import Settings, load_settings, settings_env
 
 SUBSET, SPLIT = "FD001", "test"
 LOGICAL_DATE = "2026-11-01T00:00:00+00:00"
@@ -62,51 +74,109 @@ PLANS = {
     "full": {"machines": 20, "replay_s": 420, "kills": 10, "broker_restarts": 2, "load_s": 60},
 }
 LOAD_RPS = 200.0
+DAG_TIMEOUT_S = 3 * 3600.0
+SILVER_MARKER = b"spark_jobs/silver.py"
+DAG_RETRY_DELAY_S = 2.0  # the first retry of a failed task waits ~2-4 s (not 30 s)
 
 
-# ------------------------------------------------------------------ processes
+# ------------------------------------------------------------------ the batch DAG
 
 
-def spark_job(settings: Settings, job: str, *args: str) -> subprocess.Popen:
-    from prognos.core.spark import spark_conf
-    from speed_layer.service import spark_submit
+def run_dag(settings: Settings, result: BenchResult) -> None:
+    """`airflow dags test batch_layer` in the bench's Airflow home while a watcher kills
+    the silver task's first attempt mid-write; record what Airflow says of the run."""
+    from prognos.core.airflow_env import airflow_env, ensure_airflow_db
 
-    command = [spark_submit(), "--master", settings.spark_master]
-    for key, value in spark_conf(settings).items():
-        command += ["--conf", f"{key}={value}"]
-    command += [str(PROJECT_ROOT / "spark_jobs" / f"{job}.py"), *args]
-    log = settings.run_dir / f"{job}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**child_env(settings), "PYSPARK_PYTHON": sys.executable}
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-
-def run_job(settings: Settings, job: str, *args: str) -> None:
-    code = spark_job(settings, job, *args).wait()
-    if code != 0:
-        raise RuntimeError(f"{job} exited {code}; see {settings.run_dir / f'{job}.log'}")
-
-
-def kill_group(process: subprocess.Popen) -> None:
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-
-
-def kill_silver_mid_write(settings: Settings, timeout_s: float = 600) -> float:
-    """Start silver, SIGKILL it once its first micro-batch is planned (plus a random
-    delay), return the seconds it ran; False-start guarded by a timeout."""
-    process = spark_job(settings, "silver", *JOB_ARGS)
-    offsets = lake.checkpoint_path(settings, "silver") / "offsets"
+    env = airflow_env(settings, base=services.child_env(settings))
+    ensure_airflow_db(settings, env)
+    airflow = str(Path(sys.executable).parent / "airflow")
+    command = [airflow, "dags", "test", "batch_layer", LOGICAL_DATE]
+    done, killed = threading.Event(), {}
+    watcher = threading.Thread(target=kill_silver_task, args=(settings, done, killed))
+    watcher.start()
     began = time.monotonic()
-    lake.wait_for(lambda: any(offsets.glob("[0-9]*")) or process.poll() is not None, timeout_s)
+    try:
+        log, deadline = settings.run_dir / "batch_layer.log", time.monotonic() + DAG_TIMEOUT_S
+        services.run_step_child(settings, "batch_layer", command, env, log, deadline)
+    except PrognosError as error:
+        result.notes.append(f"the batch_layer DAG test failed: {error}")
+    finally:
+        done.set()
+        watcher.join()
+    result.figures["dag_test_s"] = round(time.monotonic() - began, 1)
+    result.figures["silver_killed_after_s"] = round(killed.get("ran_s", -1.0), 1)
+    result.figures["dag_run"] = dag_run_of(env)
+
+
+def kill_silver_task(settings: Settings, done: threading.Event, killed: dict) -> None:
+    """Wait for the silver task's spark-submit (this bench's own), SIGKILL it and what it
+    started once its first micro-batch is planned (plus a random delay); killed['ran_s']:
+    the seconds it ran. Gives up when `done` is set (the DAG test ended)."""
+    seen: list[int] = []
+
+    def started() -> bool:
+        seen[:] = bench_silver_pids(settings)
+        return bool(seen) or done.is_set()
+
+    lake.wait_for(started, DAG_TIMEOUT_S, 0.5)
+    if not seen:
+        return
+    began = time.monotonic()
+    offsets = lake.checkpoint_path(settings, "silver") / "offsets"
+
+    def planned_or_ended() -> bool:  # by PID: an exec shows an empty command line
+        return any(offsets.glob("[0-9]*")) or not any(services.alive(pid) for pid in seen)
+
+    lake.wait_for(planned_or_ended, DAG_TIMEOUT_S)
     time.sleep(random.uniform(0.5, 4.0))
-    if process.poll() is not None:
-        return -1.0  # it finished first: nothing was killed
-    kill_group(process)
-    return time.monotonic() - began
+    if pids := bench_silver_pids(settings):  # signal only processes verified as ours
+        kill_tree(pids)
+        killed["ran_s"] = time.monotonic() - began
+
+
+def bench_silver_pids(settings: Settings) -> list[int]:
+    """Processes whose command line runs spark_jobs/silver.py and whose environment has
+    this bench's state dir: never another lake's silver."""
+    key = "PROGNOS_STATE_DIR"
+    mine = f"{key}={settings_env(settings)[key]}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if SILVER_MARKER in (entry / "cmdline").read_bytes() and mine in (
+                entry / "environ"
+            ).read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:  # ended meanwhile, or not ours to read
+            continue
+    return found
+
+
+def kill_tree(pids: list[int]) -> None:
+    """SIGKILL these processes and their descendants (Spark's Python workers)."""
+    tree = [*pids, *(child for parent in pids for child in services.descendants(parent))]
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def dag_run_of(env: dict) -> dict:
+    """The DAG run as Airflow's metadata DB has it (bench/airflow_run.py in its env), with
+    run_s: first task start to last task end (dags test dates the run's own start at its
+    logical date)."""
+    from datetime import datetime
+
+    script = Path(__file__).with_name("airflow_run.py")
+    command = [sys.executable, str(script), "batch_layer", LOGICAL_DATE]
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"state": "unknown", "tasks": {}, "error": done.stderr.strip()[-2000:]}
+    run = json.loads(done.stdout.strip().splitlines()[-1])
+    times = [t.get(key) for t in run["tasks"].values() for key in ("start", "end")]
+    times = sorted(datetime.fromisoformat(value) for value in times if value)
+    run["run_s"] = round((times[-1] - times[0]).total_seconds(), 1) if times else None
+    return run
 
 
 # ------------------------------------------------------------------ replay
@@ -358,9 +428,9 @@ def run_bench(result: BenchResult, plan: dict, workdir: Path) -> None:
     from speed_layer import service
 
     # a day-long watermark: equal to the clean run (one batch) means no row went late
-    settings = load_settings(
-        **{**bench_settings(workdir, result.quick).model_dump(), "speed_watermark": "1 day"}
-    )
+    # a short retry delay: the killed silver task is retried within seconds
+    overrides = {"speed_watermark": "1 day", "dag_retry_delay_s": DAG_RETRY_DELAY_S}
+    settings = load_settings(**{**bench_settings(workdir, result.quick).model_dump(), **overrides})
     stack.up(settings)
     server = None
     try:
@@ -392,16 +462,12 @@ def run_bench(result: BenchResult, plan: dict, workdir: Path) -> None:
             result.notes.append("the speed view did not show every last cycle within 15 min")
         result.figures["streaming_phase_s"] = round(time.monotonic() - began, 1)
         service.stop(settings)
-        began = time.monotonic()
-        run_job(settings, "bronze_ingest")
-        result.figures["silver_killed_after_s"] = round(kill_silver_mid_write(settings), 1)
-        for job in ("silver", "gold", "views"):
-            run_job(settings, job, *JOB_ARGS)
-        result.figures["batch_phase_s"] = round(time.monotonic() - began, 1)
+        speed_view = batch_phase(settings, result)
         began = time.monotonic()
         clean = clean_run(settings, workdir)
         result.figures["clean_run_s"] = round(time.monotonic() - began, 1)
-        compare_runs(result, settings, clean, replayer)
+        compare_runs(result, settings, clean, replayer, speed_view)
+        check_dag(result)
     finally:
         service.stop(settings)
         if server is not None:
@@ -409,8 +475,31 @@ def run_bench(result: BenchResult, plan: dict, workdir: Path) -> None:
         stack.down(settings)
 
 
-def compare_runs(result: BenchResult, settings: Settings, clean: Settings, replayer) -> None:
-    tables = {name: compare(rows_of(settings, name), rows_of(clean, name)) for name in IGNORED}
+def batch_phase(settings: Settings, result: BenchResult) -> list[str]:
+    """The batch_layer DAG over the faulted lake (silver killed, retried by Airflow); returns
+    the speed view as it was before the DAG, whose last task expires the rows it covers."""
+    speed_view = rows_of(settings, "speed_view")
+    began = time.monotonic()
+    run_dag(settings, result)
+    result.figures["batch_phase_s"] = round(time.monotonic() - began, 1)
+    result.figures["speed_view_rows_after_dag"] = speed_rows(settings)
+    return speed_view
+
+
+def check_dag(result: BenchResult) -> None:
+    run = result.figures["dag_run"]
+    silver = run["tasks"].get("silver", {})
+    result.check("silver task tries", silver.get("try_number", 0), ">=", 2)
+    result.check("DAG run succeeded", 1 if run["state"] == "success" else 0, ">=", 1)
+
+
+def compare_runs(
+    result: BenchResult, settings: Settings, clean: Settings, replayer, speed_view: list[str]
+) -> None:
+    """Faulted against clean; the faulted speed view as captured before the batch phase
+    (the clean run expires nothing), the merged answers after it."""
+    faulted = {name: rows_of(settings, name) for name in IGNORED} | {"speed_view": speed_view}
+    tables = {name: compare(faulted[name], rows_of(clean, name)) for name in IGNORED}
     tables["merged_answers"] = compare(merged_answers(settings), merged_answers(clean))
     on_topic = alert_ids_on_topic(settings, settings.topic_alerts)
     in_table = {
