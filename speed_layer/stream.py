@@ -31,6 +31,7 @@ from speed_layer.scorer import AlertMemory, score_views
 QUERY_NAME = "speed-layer"
 CONCURRENT_RETRIES = 5
 SHUFFLE_PARTITIONS = "spark.sql.shuffle.partitions"
+ARROW_COLLECT = "spark.sql.execution.arrow.pyspark.enabled"
 
 
 def checkpoint_dir(settings: Settings) -> Path:
@@ -155,7 +156,8 @@ class BatchWriter:
         written = {"view": "speed_view", "alert": "alerts", "late": "late_rows"}
         tables = [table for kind, table in written.items() if counts.get(kind)]
         source = {f"kafka:{self.settings.topic_readings}": None}
-        outputs = logs.versions(self.settings, *tables)
+        # the kept handles were brought up to date by this batch's writes: no log reads
+        outputs = {table: self._tables[table].version() for table in tables}
         run_id = f"{self.app_id}:{batch_id}"
         logs.lineage("speed", run_id, source, outputs, self.settings, **counts)
 
@@ -264,7 +266,8 @@ class BatchWriter:
 
         def merge() -> None:
             # the boundary is re-read on a retry: a conflict means the expiry just ran
-            source = self._view_rows(views, batch_id, boundary.manifest_offsets(self.settings))
+            covered = boundary.followed_manifest_offsets(self.settings)
+            source = self._view_rows(views, batch_id, covered)
             (
                 self._table(spec.name)
                 .merge(
@@ -386,7 +389,8 @@ def build_query(spark, settings: Settings | None = None, metrics=None, trigger: 
 
     trigger: a micro-batch interval (default: settings.speed_trigger), or "availableNow"
     to process what the topic holds and stop (a catch-up or reference run). Sets the
-    session's shuffle partitions to settings.speed_state_partitions.
+    session's shuffle partitions to settings.speed_state_partitions and collects through
+    Arrow.
     """
     settings = settings or get_settings()
     for name in ("speed_view", "alerts", "late_rows"):
@@ -407,6 +411,7 @@ def build_query(spark, settings: Settings | None = None, metrics=None, trigger: 
     # Read when the first batch is planned (asynchronously), then fixed by the checkpoint:
     # so set on the session, not restored.
     spark.conf.set(SHUFFLE_PARTITIONS, str(settings.speed_state_partitions))
+    spark.conf.set(ARROW_COLLECT, "true")  # each micro-batch's toPandas, through Arrow
     return writer.start()
 
 

@@ -16,6 +16,16 @@ from prognos.core.settings import Settings
 from prognos.core.tables import is_delta_table, table_path
 
 _cache: dict[str, tuple[float, dict[int, int]]] = {}
+_followers: dict[str, ManifestFollower] = {}
+
+
+def _newest_offsets(rows: list[dict]) -> dict[int, int]:
+    """Next offset per partition of the newest published manifest row ({} before any)."""
+    rows = [row for row in rows if row.get("published_at") is not None]
+    if not rows:
+        return {}
+    newest = max(rows, key=lambda row: (row["published_at"], row["run_id"]))
+    return {int(k): int(v) for k, v in dict(newest.get("partition_offsets") or ()).items()}
 
 
 def manifest_offsets(settings: Settings) -> dict[int, int]:
@@ -24,21 +34,52 @@ def manifest_offsets(settings: Settings) -> dict[int, int]:
 
     if not is_delta_table(table_path("batch_manifest", settings)):
         return {}
-    rows = read_table_arrow("batch_manifest", settings).to_pylist()
-    rows = [row for row in rows if row.get("published_at") is not None]
-    if not rows:
-        return {}
-    newest = max(rows, key=lambda row: (row["published_at"], row["run_id"]))
-    return {int(k): int(v) for k, v in dict(newest.get("partition_offsets") or ()).items()}
+    return _newest_offsets(read_table_arrow("batch_manifest", settings).to_pylist())
+
+
+class ManifestFollower:
+    """manifest_offsets of one lake for a long-running process: the manifest table's
+    delta-rs handle is kept and brought up to date (a listing of new log entries), and its
+    rows are read again only when its version moved."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._table = None
+        self._version: int | None = None
+        self._offsets: dict[int, int] = {}
+
+    def offsets(self) -> dict[int, int]:
+        if self._table is None:
+            path = table_path("batch_manifest", self.settings)
+            if not is_delta_table(path):
+                return {}
+            from deltalake import DeltaTable
+
+            self._table = DeltaTable(str(path))
+        else:
+            self._table.update_incremental()
+        version = self._table.version()
+        if version != self._version:
+            self._offsets = _newest_offsets(self._table.to_pyarrow_table().to_pylist())
+            self._version = version
+        return self._offsets
+
+
+def followed_manifest_offsets(settings: Settings) -> dict[int, int]:
+    """The newest manifest's offsets now, through this process' follower of the lake."""
+    key = str(settings.lake)
+    if key not in _followers:
+        _followers[key] = ManifestFollower(settings)
+    return _followers[key].offsets()
 
 
 def cached_manifest_offsets(settings: Settings, max_age_s: float = 1.0) -> dict[int, int]:
-    """manifest_offsets, re-read at most every max_age_s seconds in this process."""
+    """followed_manifest_offsets, checked at most every max_age_s seconds in this process."""
     key = str(settings.lake)
     now = time.monotonic()
     cached = _cache.get(key)
     if cached is None or now - cached[0] > max_age_s:
-        cached = (now, manifest_offsets(settings))
+        cached = (now, followed_manifest_offsets(settings))
         _cache[key] = cached
     return cached[1]
 

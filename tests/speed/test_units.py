@@ -9,10 +9,11 @@ import pandas as pd
 from prometheus_client import generate_latest
 
 from prognos.core import alerting
-from prognos.core.boundary import uncovered
+from prognos.core.boundary import ManifestFollower, manifest_offsets, uncovered
 from prognos.core.scoring import model_window
 from speed_layer.metrics import SpeedMetrics
 from tests.conftest import make_settings
+from tests.serving.serving_support import lake_settings, publish
 
 
 def test_alert_levels_follow_the_configured_thresholds(tmp_path):
@@ -38,6 +39,16 @@ def test_boundary_keeps_only_offsets_the_manifest_does_not_cover():
     assert uncovered([5, 1, 9], 0, {0: 6}) == [9]
     assert uncovered([5, 1, 9], 1, {0: 6}) == [1, 5, 9]
     assert uncovered([5], 0, {0: 5}) == [5]  # the manifest's offset is the next one to read
+
+
+def test_the_manifest_follower_sees_every_new_publication(tmp_path):
+    settings = lake_settings(tmp_path)
+    follower = ManifestFollower(settings)
+    assert follower.offsets() == {}  # no manifest table yet
+    publish(settings, "run-1", 0, {0: 5})
+    assert follower.offsets() == {0: 5}
+    publish(settings, "run-2", 1, {0: 9, 1: 3})
+    assert follower.offsets() == {0: 9, 1: 3} == manifest_offsets(settings)
 
 
 def test_model_window_pads_short_histories_with_their_first_row():
