@@ -5,8 +5,8 @@ and the serving API holds 200 requests/s while the speed layer runs.
 Faulted run (own broker, state dir and an untrained LSTM champion of the production
 shape): `prognos serve` and the speed layer (spark-submit) start; the replayer streams an
 FD001 test fleet at a fixed rate (idempotent producer, long delivery timeout) while
-1. load: GET /v1/machines/{id} at 200 requests/s for 60 s (bench/serving.py's open-loop
-   generator), errors counted;
+1. load: GET /v1/machines/{id} at 200 requests/s for 60 s from a process of its own
+   (bench/serving.py's open-loop generator), errors counted;
 2. faults: the speed layer is killed (SIGKILL of its process group) at random points and
    restarted, the broker is stopped and started twice between kills (a speed layer that
    died of the outage is restarted too);
@@ -279,6 +279,16 @@ def inject_faults(settings: Settings, plan: dict, replayer: Replayer, result) ->
     result.figures["broker_down_s"] = [round(d, 1) for d in downtime]
 
 
+def load_in_child(settings: Settings, machines: list[str], seconds: float) -> dict:
+    """load_phase in a process of its own: the generator keeps its pace instead of sharing
+    this process' GIL with the replayer thread."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(load_phase, settings, machines, seconds).result()
+
+
 def load_phase(settings: Settings, machines: list[str], seconds: float) -> dict:
     base = f"http://{settings.api_host}:{settings.api_port}"
     headers = {"X-API-Key": API_KEY}
@@ -449,7 +459,7 @@ def run_bench(result: BenchResult, plan: dict, workdir: Path) -> None:
         machines = sorted(replayer.last_cycles)
         # load once the speed layer serves (its first commit), so answers are not all 404
         lake.wait_for(lambda: speed_rows(settings) > 0, 600, 1)
-        result.figures["load"] = load_phase(settings, machines, plan["load_s"])
+        result.figures["load"] = load_in_child(settings, machines, plan["load_s"])
         inject_faults(settings, plan, replayer, result)
         replayer.join()
         result.figures["replay"] = {

@@ -31,7 +31,6 @@ from speed_layer.scorer import AlertMemory, score_views
 QUERY_NAME = "speed-layer"
 CONCURRENT_RETRIES = 5
 SHUFFLE_PARTITIONS = "spark.sql.shuffle.partitions"
-ARROW_COLLECT = "spark.sql.execution.arrow.pyspark.enabled"
 
 
 def checkpoint_dir(settings: Settings) -> Path:
@@ -389,8 +388,7 @@ def build_query(spark, settings: Settings | None = None, metrics=None, trigger: 
 
     trigger: a micro-batch interval (default: settings.speed_trigger), or "availableNow"
     to process what the topic holds and stop (a catch-up or reference run). Sets the
-    session's shuffle partitions to settings.speed_state_partitions and collects through
-    Arrow.
+    session's shuffle partitions to settings.speed_state_partitions.
     """
     settings = settings or get_settings()
     for name in ("speed_view", "alerts", "late_rows"):
@@ -411,7 +409,6 @@ def build_query(spark, settings: Settings | None = None, metrics=None, trigger: 
     # Read when the first batch is planned (asynchronously), then fixed by the checkpoint:
     # so set on the session, not restored.
     spark.conf.set(SHUFFLE_PARTITIONS, str(settings.speed_state_partitions))
-    spark.conf.set(ARROW_COLLECT, "true")  # each micro-batch's toPandas, through Arrow
     return writer.start()
 
 
