@@ -286,10 +286,27 @@ def test_backfill_of_a_range_in_airflow_standalone_is_idempotent(batch):
     assert_same_contents(batch["snapshot"], snapshot(settings))
 
 
-def airflow(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["airflow", *args], env=env, capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT
-    )
+SQLITE_LOCKED = "database is locked"
+
+
+def airflow(env: dict, *args: str, attempts: int = 5) -> subprocess.CompletedProcess:
+    """An `airflow` CLI command, run again when SQLite refused its write: beside the
+    standalone scheduler, a command whose transaction read first and then writes gets
+    "database is locked" at once (SQLite refuses a lock upgrade that could deadlock, so
+    the busy timeout does not help); its transaction was rolled back, so a retry is safe."""
+    for attempt in range(attempts):
+        done = subprocess.run(
+            ["airflow", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=PROJECT_ROOT,
+        )
+        if done.returncode == 0 or SQLITE_LOCKED not in done.stderr:
+            break
+        time.sleep(5 * (attempt + 1))
+    return done
 
 
 @contextlib.contextmanager
