@@ -118,6 +118,8 @@ def run_seed(subset: str, seed: int, args, registry) -> dict:
 
 
 def run_subset(subset: str, seeds: int, args, registry) -> dict:
+    from models.config import TrainConfig
+
     runs = [run_seed(subset, seed, args, registry) for seed in range(seeds)]
     test = [run["test"] for run in runs]
     return {
@@ -132,6 +134,7 @@ def run_subset(subset: str, seeds: int, args, registry) -> dict:
         "train_seconds": [run["train_seconds"] for run in runs],
         "versions": [run["version"] for run in runs],
         "seeds": list(range(seeds)),
+        "ensemble": TrainConfig.for_subset(subset).ensemble,
     }
 
 
@@ -171,6 +174,9 @@ def markdown(figures: dict, published: list[dict]) -> str:
             f"{row[s]['rmse']:.2f} / {row[s]['score']:.0f}" if s in row else "" for s in SUBSETS
         ]
         lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
+    members = [f"{s} {figures[s]['ensemble']}" for s in SUBSETS if "ensemble" in figures.get(s, {})]
+    if members:
+        lines += ["", "LSTMs averaged per prognos model: " + ", ".join(members) + "."]
     return "\n".join(lines) + "\n"
 
 

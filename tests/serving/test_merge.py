@@ -219,3 +219,17 @@ def test_a_speed_change_rereads_only_the_speed_view(tmp_path):
     assert store.current.machines["m1"]["readings_count"] == 6
     changed = {name for name, count in views.reads.items() if count != before.get(name)}
     assert changed == {"speed_view"}
+
+
+def test_views_follow_new_versions_and_read_pinned_ones(tmp_path):
+    settings = lake_settings(tmp_path)
+    views = DeltaViews(settings)
+    assert views.version("silver") is None
+    assert views.read("silver").num_rows == 0
+    first = write_rows(settings, "silver", [silver_row("m1", 1)])
+    assert views.version("silver") == first
+    second = write_rows(settings, "silver", [silver_row("m1", 2), silver_row("m1", 3)])
+    assert views.version("silver") == second  # the kept handle moved forward
+    assert views.read("silver", first).num_rows == 1  # pinned: an older version
+    assert views.read("silver", second).num_rows == 3
+    assert views.read("silver").num_rows == 3
