@@ -49,10 +49,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import httpx
 
 from bench._harness import BenchResult, parse_args, percentile
-from bench.serving import open_loop, start_process
+from bench.http_load import open_loop_get
+from bench.serving import start_process
 from bench.serving import stop as stop_process
 from bench.speed import API_KEY, bench_settings, child_env, register_champion
 from prognos.cli import services
@@ -291,34 +291,28 @@ def load_in_child(settings: Settings, machines: list[str], seconds: float) -> di
 
 
 def load_phase(settings: Settings, machines: list[str], seconds: float) -> dict:
-    base = f"http://{settings.api_host}:{settings.api_port}"
-    headers = {"X-API-Key": API_KEY}
-    errors: list[str] = []
-    not_found = [0]
-
-    async def request(client, index):
-        response = await client.get(
-            f"{base}/v1/machines/{machines[index % len(machines)]}", headers=headers
-        )
-        if response.status_code == 404:  # the machine is in no view yet
-            not_found[0] += 1
-        elif response.status_code != 200:
-            errors.append(str(response.status_code))
-        # open_loop raises on an error status: errors are counted here instead
-        return httpx.Response(200, request=response.request)
-
+    """GET /v1/machines/{id} at LOAD_RPS over the fleet for `seconds` (bench.http_load)."""
+    paths = [f"/v1/machines/{machine}" for machine in machines]
     total = int(LOAD_RPS * seconds)
-    try:
-        latencies, elapsed = asyncio.run(open_loop(request, total, LOAD_RPS))
-    except httpx.HTTPError as error:
-        return {"requests": total, "errors": total, "first_error": str(error)}
+    load = asyncio.run(
+        open_loop_get(
+            settings.api_host,
+            settings.api_port,
+            paths,
+            LOAD_RPS,
+            total,
+            headers={"X-API-Key": API_KEY},
+        )
+    )
+    errors = {str(s): n for s, n in load.statuses.items() if s not in (200, 404)}
     return {
-        "requests": len(latencies),
-        "achieved_rps": round(len(latencies) / elapsed, 1),
-        "p50_ms": round(percentile(latencies, 50) * 1000, 2),
-        "p99_ms": round(percentile(latencies, 99) * 1000, 2),
-        "errors": len(errors),
-        "not_found_yet": not_found[0],
+        "requests": len(load.latencies),
+        "achieved_rps": round(load.achieved_rps, 1),
+        "p50_ms": round(percentile(load.latencies, 50) * 1000, 2),
+        "p99_ms": round(percentile(load.latencies, 99) * 1000, 2),
+        "errors": sum(errors.values()),
+        "errors_by_status": errors,
+        "not_found_yet": load.statuses[404],  # the machine is in no view yet
     }
 
 
