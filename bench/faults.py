@@ -49,7 +49,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
 from bench._harness import BenchResult, parse_args, percentile
 from bench.http_load import open_loop_get
 from bench.serving import start_process

@@ -4,14 +4,16 @@
 loads a table at a version into Arrow. One delta-rs handle per table is kept and brought
 up to date incrementally: opening a table afresh replays its log from the last checkpoint
 (~40-75 ms for a speed view 60 commits past one), which at a 0.2 s poll over four tables
-kept a core busy. An instance is meant for one thread (the snapshot refresher).
+kept a core busy. An instance is meant for one thread (the snapshot refresher), over
+tables that live as long as it does: a handle does not notice its table being removed or
+re-created at the same path (delta-rs raises nothing and stays at the old version).
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
 from deltalake import DeltaTable
-from deltalake.exceptions import DeltaError, TableNotFoundError
+from deltalake.exceptions import TableNotFoundError
 
 from prognos.core.settings import Settings
 from prognos.core.tables import get_table, table_path
@@ -39,11 +41,7 @@ class DeltaViews:
             if table is not None:
                 self._tables[name] = table
             return table
-        try:
-            table.update_incremental()
-        except DeltaError:  # removed or re-created under the handle: start afresh
-            del self._tables[name]
-            return self._latest(name)
+        table.update_incremental()
         return table
 
     def version(self, name: str) -> int | None:
