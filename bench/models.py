@@ -135,6 +135,7 @@ def run_subset(subset: str, seeds: int, args, registry) -> dict:
         "versions": [run["version"] for run in runs],
         "seeds": list(range(seeds)),
         "ensemble": TrainConfig.for_subset(subset).ensemble,
+        "train_stride": TrainConfig.for_subset(subset).train_stride,
     }
 
 
@@ -174,9 +175,13 @@ def markdown(figures: dict, published: list[dict]) -> str:
             f"{row[s]['rmse']:.2f} / {row[s]['score']:.0f}" if s in row else "" for s in SUBSETS
         ]
         lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
-    members = [f"{s} {figures[s]['ensemble']}" for s in SUBSETS if "ensemble" in figures.get(s, {})]
-    if members:
-        lines += ["", "LSTMs averaged per prognos model: " + ", ".join(members) + "."]
+    for key, label in (
+        ("ensemble", "LSTMs averaged per prognos model"),
+        ("train_stride", "Training windows end every N cycles"),
+    ):
+        cells = [f"{s} {figures[s][key]}" for s in SUBSETS if key in figures.get(s, {})]
+        if cells:
+            lines += ["", f"{label}: " + ", ".join(cells) + "."]
     return "\n".join(lines) + "\n"
 
 

@@ -170,12 +170,17 @@ def split_machines(
     return frame[~is_validation], frame[is_validation]
 
 
-def make_windows(frame: pd.DataFrame, columns, window: int, last_only: bool = False) -> Windows:
+def make_windows(
+    frame: pd.DataFrame, columns, window: int, last_only: bool = False, stride: int = 1
+) -> Windows:
     """Every window ending at each cycle >= `window` (or only each machine's last cycle).
 
-    A machine shorter than `window` is padded with its first row, so test engines
-    with short histories still get a prediction.
+    With `stride` k, windows end every k-th cycle counted back from each machine's last,
+    which is always kept. A machine shorter than `window` is padded with its first row,
+    so test engines with short histories still get a prediction.
     """
+    if stride < 1:
+        raise DatasetError(f"window stride must be >= 1, got {stride}")
     missing = [c for c in [*columns, "rul", RUL_TARGET, FAILS_WITHIN_H] if c not in frame.columns]
     if missing:
         raise DatasetError(f"feature frame lacks columns: {', '.join(missing)}")
@@ -186,7 +191,7 @@ def make_windows(frame: pd.DataFrame, columns, window: int, last_only: bool = Fa
         if len(values) < window:
             values = np.vstack([np.repeat(values[:1], window - len(values), axis=0), values])
             group = pd.concat([group.iloc[:1]] * (window - len(group)) + [group])
-        ends = [len(values)] if last_only else range(window, len(values) + 1)
+        ends = [len(values)] if last_only else range(len(values), window - 1, -stride)[::-1]
         for end in ends:
             xs.append(values[end - window : end])
         chosen = group.iloc[[end - 1 for end in ends]]

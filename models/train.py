@@ -182,7 +182,9 @@ def fit(train_frame, config: TrainConfig, progress: Callable[[str], None]):
     same split and the returned model averages their outputs.
     """
     train_rows, validation_rows = split_machines(train_frame, config.validation_share, config.seed)
-    train = make_windows(train_rows, config.input_columns, config.window)
+    train = make_windows(
+        train_rows, config.input_columns, config.window, stride=config.train_stride
+    )
     validation = make_windows(validation_rows, config.input_columns, config.window)
     members, history = [], {}
     for index in range(config.ensemble):

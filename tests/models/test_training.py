@@ -58,6 +58,19 @@ def test_training_windows_are_point_in_time_and_split_by_machine():
     assert windows.rul[0] == min(125, first["rul"].iloc[-1])
 
 
+def test_strided_windows_keep_each_machines_last_cycle(small_frames):
+    config = tiny_config()
+    every = make_windows(small_frames.train, config.input_columns, config.window)
+    strided = make_windows(small_frames.train, config.input_columns, config.window, stride=3)
+    for machine in np.unique(every.machines):
+        all_ruls = every.rul[every.machines == machine]
+        kept = strided.rul[strided.machines == machine]
+        np.testing.assert_array_equal(kept, all_ruls[::-1][::3][::-1])
+        assert kept[-1] == all_ruls[-1]
+    with pytest.raises(DatasetError, match="stride"):
+        make_windows(small_frames.train, config.input_columns, config.window, stride=0)
+
+
 @pytest.fixture(scope="module")
 def small_frames():
     return training_frame("FD001", tiny_config().feature, machines=4)
