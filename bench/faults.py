@@ -135,22 +135,9 @@ def kill_silver_task(settings: Settings, done: threading.Event, killed: dict) ->
 
 
 def bench_silver_pids(settings: Settings) -> list[int]:
-    """Processes whose command line runs spark_jobs/silver.py and whose environment has
-    this bench's state dir: never another lake's silver."""
-    key = "PROGNOS_STATE_DIR"
-    mine = f"{key}={settings_env(settings)[key]}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if SILVER_MARKER in (entry / "cmdline").read_bytes() and mine in (
-                entry / "environ"
-            ).read_bytes().split(b"\0"):
-                found.append(int(entry.name))
-        except OSError:  # ended meanwhile, or not ours to read
-            continue
-    return found
+    """This bench's silver processes: never another lake's silver."""
+    state_dir = settings_env(settings)["PROGNOS_STATE_DIR"]
+    return services.processes_of_state_dir(state_dir, SILVER_MARKER)
 
 
 def kill_tree(pids: list[int]) -> None:

@@ -135,6 +135,24 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def processes_of_state_dir(state_dir: Path | str, command_marker: bytes = b"") -> list[int]:
+    """Live processes whose environment names this state dir (children inherit it) and
+    whose command line contains `command_marker`: never another lake's processes."""
+    mine = f"PROGNOS_STATE_DIR={state_dir}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if command_marker in (entry / "cmdline").read_bytes() and mine in (
+                entry / "environ"
+            ).read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:  # ended meanwhile, or not ours to read
+            continue
+    return found
+
+
 def stop_tree(pid: int, stop: Callable[[], object]) -> None:
     """Run `stop` (which stops the process group of `pid`), then SIGKILL whatever of the
     tree below `pid` escaped into a group of its own (Airflow's task runners do)."""

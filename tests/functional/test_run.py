@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from prognos.cli import services
 from prognos.core.registry import FilesystemRegistry
 from tests.conftest import PROJECT_JARS, free_port
 
@@ -65,25 +66,10 @@ def started_pids(state_dir: Path) -> list[int]:
     return [int(line.split()[0]) for line in record.read_text().splitlines()]
 
 
-def processes_of(state_dir: Path) -> list[int]:
-    """Live processes whose environment names this state dir (children inherit it)."""
-    marker = f"PROGNOS_STATE_DIR={state_dir}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if marker in (entry / "environ").read_bytes().split(b"\0"):
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
-
-
 def assert_nothing_left(state_dir: Path) -> None:
     """No recorded PID and no other process of this state dir runs (a recorded PID reused
     by an unrelated process has another environment)."""
-    left = processes_of(state_dir)
+    left = services.processes_of_state_dir(state_dir)
     assert not [pid for pid in started_pids(state_dir) if pid in left], left
     assert not left
     assert not (state_dir / "run" / "serve" / "serve.pid").exists()
@@ -93,7 +79,7 @@ def assert_nothing_left(state_dir: Path) -> None:
 
 def stop_leftovers(state_dir: Path) -> None:
     """Test clean-up only: whatever a failed run left behind."""
-    for pid in processes_of(state_dir):
+    for pid in services.processes_of_state_dir(state_dir):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 
