@@ -25,7 +25,7 @@ from prognos.core import boundary, lake, logs
 from prognos.core.events import EVENT_TIME_MIN
 from prognos.core.scoring import champion_watcher
 from prognos.core.settings import Settings, get_settings
-from prognos.core.tables import create_table, get_table, table_path
+from prognos.core.tables import create_table, get_table
 from speed_layer.scorer import AlertMemory, score_views
 
 QUERY_NAME = "speed-layer"
@@ -101,7 +101,7 @@ class BatchWriter:
         self.memory = AlertMemory(checkpoint)
         self._app_id: str | None = None
         self._kafka = None
-        self._tables: dict[str, object] = {}
+        self._tables = lake.TableFollower(settings)
 
     @property
     def app_id(self) -> str:
@@ -156,28 +156,15 @@ class BatchWriter:
         tables = [table for kind, table in written.items() if counts.get(kind)]
         source = {f"kafka:{self.settings.topic_readings}": None}
         # the kept handles were brought up to date by this batch's writes: no log reads
-        outputs = {table: self._tables[table].version() for table in tables}
+        outputs = {table: self._tables.kept(table).version() for table in tables}
         run_id = f"{self.app_id}:{batch_id}"
         logs.lineage("speed", run_id, source, outputs, self.settings, **counts)
 
     def _already_written(self, batch_id: int) -> bool:
         """True when the speed view (written last) already holds this batch."""
-        if not (table_path("speed_view", self.settings) / "_delta_log").is_dir():
-            return False
-        done = self._table("speed_view").transaction_version(self.app_id)
+        view = self._tables.latest("speed_view")
+        done = None if view is None else view.transaction_version(self.app_id)
         return done is not None and done >= batch_id
-
-    def _table(self, name: str):
-        """The delta-rs handle of one of the layer's tables, kept and brought up to date
-        (reading the log from its last checkpoint every batch costs tens of ms)."""
-        from deltalake import DeltaTable
-
-        table = self._tables.get(name)
-        if table is None:
-            table = self._tables[name] = DeltaTable(str(table_path(name, self.settings)))
-        else:
-            table.update_incremental()
-        return table
 
     def _producer(self):
         if self._kafka is None:
@@ -247,7 +234,7 @@ class BatchWriter:
 
     def _once(self, table_name: str, app_id: str, batch_id: int, write) -> None:
         """Run a delta-rs write unless the table's app transaction already holds the batch."""
-        table = self._table(table_name)
+        table = self._tables.latest(table_name)
         done = table.transaction_version(app_id)
         if done is None or done < batch_id:
             write(table)
@@ -268,7 +255,7 @@ class BatchWriter:
             covered = boundary.followed_manifest_offsets(self.settings)
             source = self._view_rows(views, batch_id, covered)
             (
-                self._table(spec.name)
+                self._tables.latest(spec.name)
                 .merge(
                     source,
                     "t.machine_id = s.machine_id",

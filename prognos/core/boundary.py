@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 
+from prognos.core.lake import TableFollower, read_table_arrow
 from prognos.core.settings import Settings
 from prognos.core.tables import is_delta_table, table_path
 
@@ -30,8 +31,6 @@ def _newest_offsets(rows: list[dict]) -> dict[int, int]:
 
 def manifest_offsets(settings: Settings) -> dict[int, int]:
     """Next offset per Kafka partition of the newest published manifest ({} before any)."""
-    from prognos.core.lake import read_table_arrow
-
     if not is_delta_table(table_path("batch_manifest", settings)):
         return {}
     return _newest_offsets(read_table_arrow("batch_manifest", settings).to_pylist())
@@ -43,24 +42,17 @@ class ManifestFollower:
     rows are read again only when its version moved."""
 
     def __init__(self, settings: Settings):
-        self.settings = settings
-        self._table = None
+        self._tables = TableFollower(settings)
         self._version: int | None = None
         self._offsets: dict[int, int] = {}
 
     def offsets(self) -> dict[int, int]:
-        if self._table is None:
-            path = table_path("batch_manifest", self.settings)
-            if not is_delta_table(path):
-                return {}
-            from deltalake import DeltaTable
-
-            self._table = DeltaTable(str(path))
-        else:
-            self._table.update_incremental()
-        version = self._table.version()
+        table = self._tables.latest("batch_manifest")
+        if table is None:
+            return {}
+        version = table.version()
         if version != self._version:
-            self._offsets = _newest_offsets(self._table.to_pyarrow_table().to_pylist())
+            self._offsets = _newest_offsets(table.to_pyarrow_table().to_pylist())
             self._version = version
         return self._offsets
 

@@ -317,6 +317,38 @@ def latest_version(spark, table: str | TableSpec, settings: Settings) -> int:
     return int(DeltaTable.forPath(spark, str(path)).history(1).collect()[0]["version"])
 
 
+class TableFollower:
+    """Kept delta-rs handles of one lake's catalog tables, for a long-running process.
+
+    `latest` brings a kept handle up to date from a listing of the new log entries; opening
+    a table afresh replays its log from the last checkpoint (tens of ms). A table removed
+    or re-created at the same path is not noticed: delta-rs keeps the handle at its old
+    version and raises nothing.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._handles: dict = {}
+
+    def latest(self, name: str):
+        """The table's kept handle at its newest version; None while it has no commit."""
+        handle = self._handles.get(name)
+        if handle is not None:
+            handle.update_incremental()
+            return handle
+        path = table_path(name, self.settings)
+        if not is_delta_table(path):
+            return None
+        from deltalake import DeltaTable
+
+        handle = self._handles[name] = DeltaTable(str(path))
+        return handle
+
+    def kept(self, name: str):
+        """The kept handle as it is (the version last seen or written); None if not kept."""
+        return self._handles.get(name)
+
+
 def read_table_arrow(table: str | TableSpec, settings: Settings, version: int | None = None):
     """A table read through delta-rs (no JVM) into a pyarrow.Table."""
     from deltalake import DeltaTable
