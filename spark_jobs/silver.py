@@ -97,8 +97,10 @@ def process_batch(
         validate_partitions(now_epoch, ranges, settings.batch_future_tolerance_s),
         validated_schema(),
     ).persist()
+    # one join with silver serves the counts, the quarantine, the results and the merge
+    ranked = _rank_against_silver(spark, checked, settings).persist()
     try:
-        valid, duplicates = _split_duplicates(spark, checked, settings)
+        valid, duplicates = _split_duplicates(ranked, checked.columns)
         invalid = checked.where(F.size("reasons") > 0)
         counts = {
             "rows": checked.count(),
@@ -107,7 +109,7 @@ def process_batch(
         }
         quarantine = _quarantine_rows(invalid.unionByName(duplicates), run_id)
         lake.idempotent_append(quarantine, batch_id, "quarantine", settings, f"{app_id}-q")
-        results = _validation_results(spark, checked, duplicates, rule_names, run_id)
+        results = _validation_results(spark, checked, duplicates, rule_names, run_id, counts)
         lake.idempotent_append(results, batch_id, "validation_results", settings, f"{app_id}-r")
         _gate(counts, settings.batch_max_failure_share, batch_id)
         silver_rows = valid.select(*get_table("silver").column_names)
@@ -116,12 +118,14 @@ def process_batch(
         )
         return counts
     finally:
+        ranked.unpersist()
         checked.unpersist()
 
 
-def _split_duplicates(spark, checked, settings: Settings):
-    """(first occurrence of each new key, later copies): a key already in silver from
-    another Kafka record is a duplicate; the same record seen again is simply skipped."""
+def _rank_against_silver(spark, checked, settings: Settings):
+    """Valid rows with their rank among the batch's copies of their (machine, cycle) and
+    the Kafka coordinates of the silver row holding that key (null when none); the same
+    Kafka record already in silver (a replayed batch) is dropped."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -142,9 +146,15 @@ def _split_duplicates(spark, checked, settings: Settings):
             "_o", F.lit(None).cast("long")
         )
     same_record = (F.col("_p") == F.col("kafka_partition")) & (F.col("_o") == F.col("kafka_offset"))
-    ranked = ranked.where(~same_record | F.col("_p").isNull())
+    return ranked.where(~same_record | F.col("_p").isNull())
+
+
+def _split_duplicates(ranked, columns: list[str]):
+    """(first occurrence of each new key, later copies): a key already in silver from
+    another Kafka record is a duplicate."""
+    from pyspark.sql import functions as F
+
     is_duplicate = (F.col("_rank") > 1) | F.col("_p").isNotNull()
-    columns = checked.columns
     valid = ranked.where(~is_duplicate).select(*columns)
     duplicates = (
         ranked.where(is_duplicate).select(*columns).withColumn("reasons", F.array(F.lit(DUPLICATE)))
@@ -167,10 +177,10 @@ def _quarantine_rows(rows, run_id: str):
     )
 
 
-def _validation_results(spark, checked, duplicates, rule_names, run_id: str):
+def _validation_results(spark, checked, duplicates, rule_names, run_id: str, counts: dict):
     from pyspark.sql import functions as F
 
-    total = checked.count()
+    total = counts["rows"]
     failures = (
         checked.select(F.explode("reasons").alias("rule"))
         .unionByName(duplicates.select(F.explode("reasons").alias("rule")))
