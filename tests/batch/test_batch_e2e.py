@@ -256,6 +256,10 @@ def assert_same_contents(before: dict, after: dict) -> None:
         pd.testing.assert_frame_equal(frame, after[name], obj=name)
 
 
+# Two DAG runs of five spark-submits each: ~14 min alone, 30 min beside a 2-core training run.
+BACKFILL_TIMEOUT_S = 2700
+
+
 def test_backfill_of_a_range_in_airflow_standalone_is_idempotent(batch):
     """`airflow standalone` parses the DAGs without import errors; `airflow backfill create`
     over two hourly logical dates ending at the one already run (reprocessing it) runs both
@@ -278,7 +282,9 @@ def test_backfill_of_a_range_in_airflow_standalone_is_idempotent(batch):
             "--max-active-runs", "1", "--reprocess-behavior", "completed",
         )  # fmt: skip
         assert created.returncode == 0, created.stderr[-2000:]
-        runs = wait_until(lambda: finished_backfill_runs(env, dates), standalone, 1800)
+        runs = wait_until(
+            lambda: finished_backfill_runs(env, dates), standalone, BACKFILL_TIMEOUT_S
+        )
         errors = import_errors(env)  # as the standalone's DAG processor found them
     assert sorted(runs.values()) == ["success", "success"], runs
     assert lake.table_version_arrow("machine_state", settings) > versions
