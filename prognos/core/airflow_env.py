@@ -68,6 +68,9 @@ def airflow_env(settings: Settings, base: dict | None = None) -> dict[str, str]:
             ),
             "AIRFLOW__API__PORT": str(settings.airflow_port),
             "AIRFLOW__API__HOST": "127.0.0.1",
+            # the default 5 s fails the first task of a run on a busy 2-core box (the API
+            # server's first answer over SQLite took longer), which costs a retry
+            "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
             f"AIRFLOW_CONN_{SPARK_CONN_ID.upper()}": json.dumps(
                 {"conn_type": "spark", "host": settings.spark_master}
             ),
