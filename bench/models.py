@@ -120,6 +120,7 @@ def run_seed(subset: str, seed: int, args, registry) -> dict:
 def run_subset(subset: str, seeds: int, args, registry) -> dict:
     from models.config import TrainConfig
 
+    config = TrainConfig.for_subset(subset)
     runs = [run_seed(subset, seed, args, registry) for seed in range(seeds)]
     test = [run["test"] for run in runs]
     return {
@@ -134,8 +135,8 @@ def run_subset(subset: str, seeds: int, args, registry) -> dict:
         "train_seconds": [run["train_seconds"] for run in runs],
         "versions": [run["version"] for run in runs],
         "seeds": list(range(seeds)),
-        "ensemble": TrainConfig.for_subset(subset).ensemble,
-        "train_stride": TrainConfig.for_subset(subset).train_stride,
+        "ensemble": config.ensemble,
+        "train_stride": config.train_stride,
     }
 
 
