@@ -396,7 +396,10 @@ def build_query(spark, settings: Settings | None = None, metrics=None, trigger: 
     # Read when the first batch is planned (asynchronously), then fixed by the checkpoint:
     # so set on the session, not restored.
     spark.conf.set(SHUFFLE_PARTITIONS, str(settings.speed_state_partitions))
-    return writer.start()
+    query = writer.start()
+    if metrics is not None:
+        metrics.follow(query)
+    return query
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -417,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     if settings.speed_metrics_port:
         from speed_layer.metrics import SpeedMetrics
 
-        metrics = SpeedMetrics.start(spark, settings.speed_metrics_port)
+        metrics = SpeedMetrics.start(settings.speed_metrics_port)
     query = build_query(spark, settings, metrics, args.trigger)
     signal.signal(signal.SIGTERM, lambda *_: query.stop())
     query.awaitTermination()

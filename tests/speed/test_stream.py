@@ -34,15 +34,11 @@ def versions(speed_settings):
 
 
 @pytest.fixture(scope="module")
-def metrics(spark):
-    """The speed layer's metrics, fed by a real listener on the session (no HTTP port)."""
+def metrics():
+    """The speed layer's metrics (no HTTP port), fed by the query build_query starts."""
     from speed_layer.metrics import SpeedMetrics
 
-    collected = SpeedMetrics()
-    listener = collected.listener()
-    spark.streams.addListener(listener)
-    yield collected
-    spark.streams.removeListener(listener)
+    return SpeedMetrics()
 
 
 @pytest.fixture(scope="module")
