@@ -625,7 +625,7 @@ def profile_state_function(settings: Settings, templates: list[list[str]]) -> di
 
     from prognos.core.scoring import champion_watcher
     from speed_layer.scorer import score_views
-    from speed_layer.state import OUTPUT_COLUMNS, process_machine
+    from speed_layer.state import output_frame, process_machine
 
     class State:
         exists, get = False, None
@@ -655,17 +655,8 @@ def profile_state_function(settings: Settings, templates: list[list[str]]) -> di
     states = {m: State() for m in range(FLEET)}
     for m in states:
         process_machine(machine_name(m), rows(m, range(1, 91)), states[m], settings)
-    score_views(
-        pd.DataFrame(
-            [
-                process_machine(machine_name(m), rows(m, [91]), states[m], settings)[0]
-                for m in states
-            ],
-            columns=OUTPUT_COLUMNS,
-        ),
-        champion,
-        settings,
-    )  # warm: TF traces its first call
+    warm = [process_machine(machine_name(m), rows(m, [91]), states[m], settings)[0] for m in states]
+    score_views(output_frame(warm), champion, settings)  # warm: TF traces its first call
     batches = {m: rows(m, range(92, 102)) for m in states}
     profile = cProfile.Profile()
     started = time.perf_counter()
@@ -673,8 +664,9 @@ def profile_state_function(settings: Settings, templates: list[list[str]]) -> di
     out = [
         r for m in states for r in process_machine(machine_name(m), batches[m], states[m], settings)
     ]
+    frame = output_frame(out)
     state_done = time.perf_counter()
-    score_views(pd.DataFrame(out, columns=OUTPUT_COLUMNS), champion, settings)
+    score_views(frame, champion, settings)
     profile.disable()
     finished = time.perf_counter()
     stats = pstats.Stats(profile).stats

@@ -38,12 +38,12 @@ STATE_SCHEMA = (
     "partition int, cycles binary, times binary, offsets binary, "
     "readings binary, pending binary, level string"
 )
+# What the state function knows; the driver adds the scores and alert fields. Each column
+# costs a pandas and an Arrow conversion per machine and micro-batch.
 OUTPUT_SCHEMA = (
     "kind string, machine_id string, cycle int, event_time timestamp, "
     "kafka_partition int, kafka_offset long, value binary, reason string, "
-    "watermark timestamp, readings_count long, pending_offsets array<long>, "
-    "predicted_rul double, alert_level string, previous_level string, model_version string, "
-    "sensors_json string, features_json string, alert_id string, threshold double, "
+    "watermark timestamp, pending_offsets array<long>, sensors_json string, "
     "history_cycles binary, history_readings binary"
 )
 OUTPUT_COLUMNS = [part.strip().split(" ")[0] for part in OUTPUT_SCHEMA.split(",")]
@@ -124,17 +124,23 @@ def make_state_function(settings: Settings):
     """The function for applyInPandasWithState (settings travel to the executors)."""
 
     def update(key, frames: Iterator[pd.DataFrame], state) -> Iterator[pd.DataFrame]:
-        frames = list(frames)
-        rows = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
-        out = process_machine(key[0], rows, state, settings)
+        out = process_machine(key[0], list(frames), state, settings)
         if out:
-            yield pd.DataFrame(out, columns=OUTPUT_COLUMNS)
+            yield output_frame(out)
 
     return update
 
 
-def process_machine(machine_key: str, rows: pd.DataFrame, state, settings: Settings) -> list:
-    """Route one micro-batch of a Kafka key's rows; update the state; return output rows."""
+def output_frame(records: list[dict]) -> pd.DataFrame:
+    """The state function's output records as one frame of OUTPUT_COLUMNS."""
+    return pd.DataFrame({c: [r[c] for r in records] for c in OUTPUT_COLUMNS})
+
+
+def process_machine(
+    machine_key: str, rows: pd.DataFrame | list[pd.DataFrame], state, settings: Settings
+) -> list:
+    """Route one micro-batch of a Kafka key's rows (one frame or pyspark's chunks of
+    them); update the state; return output records."""
     watermark_ms = state.getCurrentWatermarkMs()
     history = History.from_state(state)
     needed = champion_history_needed(settings)
@@ -170,17 +176,18 @@ def process_machine(machine_key: str, rows: pd.DataFrame, state, settings: Setti
 Record = namedtuple("Record", "machine_key value kafka_partition kafka_offset")
 
 
-def _records(rows: pd.DataFrame) -> list[Record]:
+def _records(rows: pd.DataFrame | list[pd.DataFrame]) -> list[Record]:
     """A key's input rows as plain records in Kafka offset order (no pandas per row)."""
-    order = np.argsort(rows["kafka_offset"].to_numpy(), kind="stable")
+    frames = [rows] if isinstance(rows, pd.DataFrame) else rows
+    columns = {
+        name: np.concatenate([frame[name].to_numpy() for frame in frames])
+        for name in Record._fields
+    }
+    order = np.argsort(columns["kafka_offset"], kind="stable")
     return [
         Record(key, None if value is None else bytes(value), int(partition), int(offset))
         for key, value, partition, offset in zip(
-            rows["machine_key"].to_numpy()[order],
-            rows["value"].to_numpy()[order],
-            rows["kafka_partition"].to_numpy()[order],
-            rows["kafka_offset"].to_numpy()[order],
-            strict=True,
+            *(columns[name][order] for name in Record._fields), strict=True
         )
     ]
 
@@ -237,7 +244,6 @@ def _view(machine_id: str, history: History, cycles: int) -> dict:
         "event_time": pd.Timestamp(time_ms, unit="ms", tz="UTC"),
         "kafka_partition": history.partition,
         "kafka_offset": max(history.pending) if history.pending else int(offset),
-        "readings_count": len(history.pending),
         "pending_offsets": list(history.pending),
         "sensors_json": json.dumps(dict(zip(READING_COLUMNS, map(float, readings), strict=True))),
         "history_cycles": np.asarray(kept, dtype=np.int64).tobytes(),
