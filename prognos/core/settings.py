@@ -69,7 +69,13 @@ class Settings(BaseSettings):
         "fails a streaming query after about this long instead of retrying for minutes.",
     )
     topic_readings: str = Field("sensor-readings", description="Sensor events topic.")
-    topic_readings_partitions: int = Field(6, ge=1)
+    topic_readings_partitions: int = Field(
+        2,
+        ge=1,
+        description="Partitions of the readings topic when prognos creates it: one per core "
+        "suits the embedded stack (each partition is a Spark task in every speed micro-batch); "
+        "raise it with the cluster.",
+    )
     topic_alerts: str = Field("maintenance-alerts", description="Alerts topic.")
     topic_alerts_partitions: int = Field(1, ge=1)
     topic_dead_letter: str = Field("sensor-readings-dlq", description="Dead letters.")
