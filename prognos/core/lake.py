@@ -70,7 +70,8 @@ def kafka_stream(
 
     failOnDataLoss stays on: an offset that vanished (retention, topic recreated) fails the
     query loudly rather than skipping events. Client timeouts come from settings so an
-    unreachable broker fails the query instead of retrying for minutes.
+    unreachable broker fails the query instead of retrying for minutes; so does the
+    consumers' fetch wait (see Settings.kafka_fetch_max_wait_ms).
     """
     timeout_ms = str(settings.kafka_client_timeout_ms)
     reader = (
@@ -81,6 +82,7 @@ def kafka_stream(
         .option("failOnDataLoss", "true")
         .option("kafka.request.timeout.ms", timeout_ms)
         .option("kafka.default.api.timeout.ms", timeout_ms)
+        .option("kafka.fetch.max.wait.ms", str(settings.kafka_fetch_max_wait_ms))
         .option("fetchOffset.numRetries", "2")
         .option("fetchOffset.retryIntervalMs", "500")
     )

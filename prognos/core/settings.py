@@ -68,6 +68,13 @@ class Settings(BaseSettings):
         description="Request/API timeout of Spark's Kafka clients: an unreachable broker "
         "fails a streaming query after about this long instead of retrying for minutes.",
     )
+    kafka_fetch_max_wait_ms: int = Field(
+        10,
+        ge=0,
+        description="fetch.max.wait.ms of Spark's Kafka consumers. Spark asks only for "
+        "offsets that exist, yet at the client's default (500 ms) each micro-batch's "
+        "read waited ~0.5 s for a fetch held at the broker.",
+    )
     topic_readings: str = Field("sensor-readings", description="Sensor events topic.")
     topic_readings_partitions: int = Field(
         2,
