@@ -7,6 +7,7 @@ minus the newest event time written) from the batch writer.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -15,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 from prognos.core.settings import get_settings
 
 PREFIX = "prognos_speed"
+log = logging.getLogger(__name__)
 
 
 class SpeedMetrics:
@@ -101,18 +103,34 @@ class SpeedMetrics:
 
     def _follow(self, query, interval_s: float) -> None:
         counted = -1
-        try:
-            while query.isActive:
-                latest = query.lastProgress
-                if latest is not None and latest.batchId > counted:
-                    missed = []
-                    if latest.batchId > counted + 1:
-                        missed = [
-                            p for p in query.recentProgress if counted < p.batchId < latest.batchId
-                        ]
-                    for progress in [*missed, latest]:
-                        self.progress(progress)
-                    counted = latest.batchId
-                time.sleep(interval_s)
-        except Exception:  # the JVM is going away with the query: nothing left to report
-            return
+        while True:
+            try:
+                if not query.isActive:
+                    return
+                for progress in progress_since(query, counted):
+                    self.progress(progress)
+                    counted = progress.batchId
+            except Exception as error:  # py4j fails while the JVM stops with the query
+                if not _still_active(query):
+                    return
+                log.warning("speed metrics: query progress not read: %s", error)
+            time.sleep(interval_s)
+
+
+def progress_since(query, counted: int) -> list:
+    """The query's progress of batches after `counted`, oldest first: the latest, and
+    those that ended since the last poll from its recent progress."""
+    latest = query.lastProgress
+    if latest is None or latest.batchId <= counted:
+        return []
+    missed = []
+    if latest.batchId > counted + 1:
+        missed = [p for p in query.recentProgress if counted < p.batchId < latest.batchId]
+    return [*sorted(missed, key=lambda p: p.batchId), latest]
+
+
+def _still_active(query) -> bool:
+    try:
+        return bool(query.isActive)
+    except Exception:
+        return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -11,7 +12,7 @@ from prometheus_client import generate_latest
 from prognos.core import alerting
 from prognos.core.boundary import ManifestFollower, manifest_offsets, uncovered
 from prognos.core.scoring import model_window
-from speed_layer.metrics import SpeedMetrics
+from speed_layer.metrics import SpeedMetrics, progress_since
 from tests.conftest import make_settings
 from tests.serving.serving_support import lake_settings, publish
 
@@ -108,3 +109,14 @@ def test_alert_memory_raises_on_rises_and_a_replayed_batch_starts_from_the_batch
     restarted.save(2)
     later = AlertMemory(tmp_path / "checkpoint").alerts(3, scored(("b", 4, "red")), settings)
     assert later[["machine_id", "previous_level"]].values.tolist() == [["b", "green"]]
+
+
+def test_progress_polling_counts_every_batch_once():
+    batches = [SimpleNamespace(batchId=b) for b in range(6)]
+    query = SimpleNamespace(lastProgress=None, recentProgress=[])
+    assert progress_since(query, -1) == []
+    query.lastProgress, query.recentProgress = batches[0], batches[:1]
+    assert progress_since(query, -1) == batches[:1]
+    assert progress_since(query, 0) == []  # polled again before the next batch ended
+    query.lastProgress, query.recentProgress = batches[4], batches[2::-1] + batches[3:5]
+    assert progress_since(query, 0) == batches[1:5]  # three ended between two polls
