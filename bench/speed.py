@@ -667,10 +667,12 @@ def profile_state_function(settings: Settings, templates: list[list[str]]) -> di
     champion = champion_watcher(settings).current()
     states = {m: State() for m in range(FLEET)}
     for m in states:
-        process_machine(machine_name(m), rows(m, range(1, 91)), states[m], settings)
-    warm = [process_machine(machine_name(m), rows(m, [91]), states[m], settings)[0] for m in states]
+        process_machine(machine_name(m), [rows(m, range(1, 91))], states[m], settings)
+    warm = [
+        process_machine(machine_name(m), [rows(m, [91])], states[m], settings)[0] for m in states
+    ]
     score_views(output_frame(warm), champion, settings)  # warm: TF traces its first call
-    batches = {m: rows(m, range(92, 102)) for m in states}
+    batches = {m: [rows(m, range(92, 102))] for m in states}
     profile = cProfile.Profile()
     started = time.perf_counter()
     profile.enable()

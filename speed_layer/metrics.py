@@ -103,17 +103,14 @@ class SpeedMetrics:
 
     def _follow(self, query, interval_s: float) -> None:
         counted = -1
-        while True:
+        while _still_active(query):
             try:
-                if not query.isActive:
-                    return
                 for progress in progress_since(query, counted):
                     self.progress(progress)
                     counted = progress.batchId
             except Exception as error:  # py4j fails while the JVM stops with the query
-                if not _still_active(query):
-                    return
-                log.warning("speed metrics: query progress not read: %s", error)
+                if _still_active(query):
+                    log.warning("speed metrics: query progress not read: %s", error)
             time.sleep(interval_s)
 
 

@@ -137,17 +137,17 @@ def output_frame(records: list[dict]) -> pd.DataFrame:
 
 
 def process_machine(
-    machine_key: str, rows: pd.DataFrame | list[pd.DataFrame], state, settings: Settings
+    machine_key: str, frames: list[pd.DataFrame], state, settings: Settings
 ) -> list:
-    """Route one micro-batch of a Kafka key's rows (one frame or pyspark's chunks of
-    them); update the state; return output records."""
+    """Route one micro-batch of a Kafka key's rows (the frames pyspark hands them over
+    in); update the state; return output records."""
     watermark_ms = state.getCurrentWatermarkMs()
     history = History.from_state(state)
     needed = champion_history_needed(settings)
     capacity = max(settings.speed_history_cycles, needed)
     out: list[dict] = []
     fresh = False
-    for row in _records(rows):
+    for row in _records(frames):
         event, time_ms, reason = _checked(row, machine_key, settings)
         if reason is not None:
             out.append(_dead(row, reason))
@@ -176,9 +176,8 @@ def process_machine(
 Record = namedtuple("Record", "machine_key value kafka_partition kafka_offset")
 
 
-def _records(rows: pd.DataFrame | list[pd.DataFrame]) -> list[Record]:
+def _records(frames: list[pd.DataFrame]) -> list[Record]:
     """A key's input rows as plain records in Kafka offset order (no pandas per row)."""
-    frames = [rows] if isinstance(rows, pd.DataFrame) else rows
     columns = {
         name: np.concatenate([frame[name].to_numpy() for frame in frames])
         for name in Record._fields
