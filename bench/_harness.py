@@ -1,8 +1,10 @@
 """Shared benchmark harness: every bench/*.py writes bench/results/<name>.json.
 
 A result holds the figures, the reference figures measured in the same run, the
-machine's core count, and `checks` (one per goal of the issue); the script exits
-non-zero when a check fails.
+machine's core count, a CPU probe at start and end (this shared machine's speed varies by
+several times from hour to hour: compare absolute figures of two runs only at similar
+probes), and `checks` (one per goal of the issue); the script exits non-zero when a check
+fails.
 """
 
 from __future__ import annotations
@@ -41,6 +43,16 @@ def percentile(values, q: float) -> float:
     return float(ordered[index])
 
 
+def cpu_probe_s() -> float:
+    """Median seconds of a fixed pure-Python loop on one core."""
+    spent = []
+    for _ in range(5):
+        started = time.perf_counter()
+        sum(range(1_000_000))
+        spent.append(time.perf_counter() - started)
+    return round(median(spent), 4)
+
+
 @dataclass
 class BenchResult:
     name: str
@@ -50,6 +62,7 @@ class BenchResult:
     checks: list = field(default_factory=list)
     notes: list = field(default_factory=list)
     started: float = field(default_factory=time.time)
+    cpu_probe_at_start_s: float = field(default_factory=cpu_probe_s)
 
     def check(self, name: str, value: float, op: str, target: float) -> bool:
         passed = bool(OPS[op](value, target))
@@ -68,6 +81,7 @@ class BenchResult:
             "machine": platform.platform(),
             "python": platform.python_version(),
             "elapsed_s": round(time.time() - self.started, 2),
+            "cpu_probe_s": {"start": self.cpu_probe_at_start_s, "end": cpu_probe_s()},
             "figures": self.figures,
             "reference": self.reference,
             "checks": self.checks,
