@@ -66,7 +66,8 @@ class History:
                 )
             )
         }
-        self.pending = [int(o) for o in pending]
+        self.pending = np.asarray(pending, dtype=np.int64)
+        self.added: list[int] = []
         self.level = level
 
     @classmethod
@@ -91,7 +92,7 @@ class History:
             np.asarray([self.rows[c][0] for c in cycles], dtype=np.int64).tobytes(),
             np.asarray([self.rows[c][1] for c in cycles], dtype=np.int64).tobytes(),
             readings.tobytes(),
-            np.asarray(self.pending, dtype=np.int64).tobytes(),
+            self.pending.tobytes(),
             self.level,
         )
 
@@ -103,7 +104,13 @@ class History:
         if cycle in self.rows:
             return  # a repeated cycle counts once, like silver's dedup
         self.rows[cycle] = (time_ms, offset, readings)
-        self.pending.append(offset)
+        self.added.append(offset)
+
+    def settle_pending(self, covered: dict[int, int]) -> None:
+        """Fold the offsets added into `pending`, dropping those the boundary covers."""
+        offsets = np.concatenate([self.pending, np.asarray(self.added, dtype=np.int64)])
+        self.pending = boundary.uncovered_array(offsets, self.partition, covered)
+        self.added = []
 
     def trim(self, capacity: int) -> None:
         for cycle in sorted(self.rows)[:-capacity]:
@@ -165,9 +172,7 @@ def process_machine(
         fresh = True
     if fresh:
         history.trim(capacity)
-        history.pending = boundary.uncovered(
-            history.pending, history.partition, boundary.cached_manifest_offsets(settings)
-        )
+        history.settle_pending(boundary.cached_manifest_offsets(settings))
         out.append(_view(machine_key, history, needed or capacity))
         state.update(history.to_state())
     return out
@@ -242,8 +247,8 @@ def _view(machine_id: str, history: History, cycles: int) -> dict:
         "cycle": int(last_cycle),
         "event_time": pd.Timestamp(time_ms, unit="ms", tz="UTC"),
         "kafka_partition": history.partition,
-        "kafka_offset": max(history.pending) if history.pending else int(offset),
-        "pending_offsets": list(history.pending),
+        "kafka_offset": int(history.pending[-1]) if len(history.pending) else int(offset),
+        "pending_offsets": history.pending,
         "sensors_json": json.dumps(dict(zip(READING_COLUMNS, map(float, readings), strict=True))),
         "history_cycles": np.asarray(kept, dtype=np.int64).tobytes(),
         "history_readings": np.concatenate([history.rows[c][2] for c in kept])

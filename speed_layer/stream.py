@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from prognos.core import boundary, lake, logs
@@ -276,7 +277,7 @@ class BatchWriter:
         """The speed_view rows (Arrow) of a batch's view records, offsets the boundary
         covers removed."""
         pending = [
-            boundary.uncovered(offsets, partition, covered)
+            boundary.uncovered_array(offsets, partition, covered)
             for offsets, partition in zip(
                 views["pending_offsets"], views["kafka_partition"], strict=True
             )
@@ -337,7 +338,9 @@ def _txn(app_id: str, batch_id: int):
 
 def _plain(value, type_name: str):
     """A pandas/numpy value as the Python value Spark expects for the column type."""
-    if value is None or (not isinstance(value, list | dict | bytes | bytearray) and pd.isna(value)):
+    if value is None or (
+        not isinstance(value, list | dict | bytes | bytearray | np.ndarray) and pd.isna(value)
+    ):
         return None
     if type_name in ("int", "long"):
         return int(value)
@@ -346,7 +349,7 @@ def _plain(value, type_name: str):
     if type_name == "timestamp":
         return pd.Timestamp(value).to_pydatetime()
     if type_name == "array<long>":
-        return [int(v) for v in value]
+        return np.asarray(value, dtype=np.int64)  # Arrow takes the array whole
     if type_name == "binary":
         return bytes(value)
     return value

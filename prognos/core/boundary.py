@@ -12,6 +12,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 
+import numpy as np
+
 from prognos.core.lake import TableFollower, read_table_arrow
 from prognos.core.settings import Settings
 from prognos.core.tables import is_delta_table, table_path
@@ -78,8 +80,14 @@ def cached_manifest_offsets(settings: Settings, max_age_s: float = 1.0) -> dict[
 
 def uncovered(offsets: Iterable[int], partition: int, boundary: Mapping[int, int]) -> list[int]:
     """The offsets of `partition` that the boundary does not cover, in order."""
-    floor = boundary.get(int(partition), 0)
-    return sorted(int(offset) for offset in offsets if offset >= floor)
+    return uncovered_array(offsets, partition, boundary).tolist()
+
+
+def uncovered_array(offsets, partition: int, boundary: Mapping[int, int]) -> np.ndarray:
+    """`uncovered` as a sorted int64 array: a machine's pending offsets number every reading
+    since the last batch run, so per-offset Python work grows with the time between runs."""
+    values = np.asarray(offsets, dtype=np.int64)
+    return np.sort(values[values >= boundary.get(int(partition), 0)])
 
 
 def expire_speed_view(spark, settings: Settings, boundary: Mapping[int, int] | None = None):
