@@ -32,8 +32,9 @@ READING_COLUMNS = (*SETTING_COLUMNS, *SENSOR_COLUMNS)
 WIDTH = len(READING_COLUMNS)
 
 # Arrays are kept as raw int64/float64 bytes: pyspark 4.2 fails to read array types in a
-# state schema ("KeyError: 'elementType'"). `level` is no longer used (the driver keeps the
-# alert levels, speed_layer.scorer.AlertMemory); it stays so existing checkpoints load.
+# state schema ("KeyError: 'elementType'"). `pending` and `level` are no longer used (the
+# speed view accumulates the pending offsets; the driver keeps the alert levels,
+# speed_layer.scorer.AlertMemory); they stay so existing checkpoints load.
 STATE_SCHEMA = (
     "partition int, cycles binary, times binary, offsets binary, "
     "readings binary, pending binary, level string"
@@ -50,9 +51,9 @@ OUTPUT_COLUMNS = [part.strip().split(" ")[0] for part in OUTPUT_SCHEMA.split(","
 
 
 class History:
-    """A machine's recent readings by cycle plus the offsets beyond the batch boundary."""
+    """A machine's recent readings by cycle, and the offsets of those added in this batch."""
 
-    def __init__(self, partition, cycles, times, offsets, readings, pending, level):
+    def __init__(self, partition, cycles, times, offsets, readings):
         self.partition = partition
         values = np.asarray(readings, dtype=np.float64).reshape(-1, WIDTH)
         self.rows = {
@@ -66,22 +67,19 @@ class History:
                 )
             )
         }
-        self.pending = np.asarray(pending, dtype=np.int64)
         self.added: list[int] = []
-        self.level = level
 
     @classmethod
     def empty(cls) -> History:
-        return cls(None, [], [], [], [], [], None)
+        return cls(None, [], [], [], [])
 
     @classmethod
     def from_state(cls, state) -> History:
         if not state.exists:
             return cls.empty()
-        partition, cycles, times, offsets, readings, pending, level = state.get
+        partition, cycles, times, offsets, readings, _pending, _level = state.get
         longs = [np.frombuffer(bytes(b), dtype=np.int64) for b in (cycles, times, offsets)]
-        floats = np.frombuffer(bytes(readings), dtype=np.float64)
-        return cls(partition, *longs, floats, np.frombuffer(bytes(pending), np.int64), level)
+        return cls(partition, *longs, np.frombuffer(bytes(readings), dtype=np.float64))
 
     def to_state(self) -> tuple:
         cycles = sorted(self.rows)
@@ -92,8 +90,8 @@ class History:
             np.asarray([self.rows[c][0] for c in cycles], dtype=np.int64).tobytes(),
             np.asarray([self.rows[c][1] for c in cycles], dtype=np.int64).tobytes(),
             readings.tobytes(),
-            self.pending.tobytes(),
-            self.level,
+            b"",
+            None,
         )
 
     def behind_window(self, cycle: int, capacity: int) -> bool:
@@ -106,11 +104,9 @@ class History:
         self.rows[cycle] = (time_ms, offset, readings)
         self.added.append(offset)
 
-    def settle_pending(self, covered: dict[int, int]) -> None:
-        """Fold the offsets added into `pending`, dropping those the boundary covers."""
-        offsets = np.concatenate([self.pending, np.asarray(self.added, dtype=np.int64)])
-        self.pending = boundary.uncovered_array(offsets, self.partition, covered)
-        self.added = []
+    def added_uncovered(self, covered: dict[int, int]) -> np.ndarray:
+        """The offsets added in this batch that the boundary does not cover, sorted."""
+        return boundary.uncovered_array(self.added, self.partition, covered)
 
     def trim(self, capacity: int) -> None:
         for cycle in sorted(self.rows)[:-capacity]:
@@ -172,8 +168,8 @@ def process_machine(
         fresh = True
     if fresh:
         history.trim(capacity)
-        history.settle_pending(boundary.cached_manifest_offsets(settings))
-        out.append(_view(machine_key, history, needed or capacity))
+        new = history.added_uncovered(boundary.cached_manifest_offsets(settings))
+        out.append(_view(machine_key, history, needed or capacity, new))
         state.update(history.to_state())
     return out
 
@@ -236,8 +232,10 @@ def _late(row: Record, event: dict, watermark_ms: int) -> dict:
     }
 
 
-def _view(machine_id: str, history: History, cycles: int) -> dict:
-    """The machine's view record with its last `cycles` readings for the driver's scoring."""
+def _view(machine_id: str, history: History, cycles: int, new_offsets: np.ndarray) -> dict:
+    """The machine's view record with its last `cycles` readings for the driver's scoring
+    and the offsets of this batch's readings beyond the boundary (the speed view appends
+    them to the machine's pending offsets)."""
     kept = sorted(history.rows)[-cycles:]
     last_cycle = kept[-1]
     time_ms, offset, readings = history.rows[last_cycle]
@@ -247,8 +245,8 @@ def _view(machine_id: str, history: History, cycles: int) -> dict:
         "cycle": int(last_cycle),
         "event_time": pd.Timestamp(time_ms, unit="ms", tz="UTC"),
         "kafka_partition": history.partition,
-        "kafka_offset": int(history.pending[-1]) if len(history.pending) else int(offset),
-        "pending_offsets": history.pending,
+        "kafka_offset": int(new_offsets[-1]) if len(new_offsets) else int(offset),
+        "pending_offsets": new_offsets,
         "sensors_json": json.dumps(dict(zip(READING_COLUMNS, map(float, readings), strict=True))),
         "history_cycles": np.asarray(kept, dtype=np.int64).tobytes(),
         "history_readings": np.concatenate([history.rows[c][2] for c in kept])

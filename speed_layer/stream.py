@@ -241,41 +241,22 @@ class BatchWriter:
             write(table)
 
     def _merge_views(self, views, batch_id: int) -> None:
-        """Merge machine rows into speed_view; rows whose readings the newest manifest
-        covers entirely delete the machine's row (the batch view answers for it).
-
-        The commit carries (app id, batch id) as a Delta app transaction, which
-        `_already_written` checks.
-        """
-        spec = get_table("speed_view")
-        columns = {c: f"s.`{c}`" for c in spec.column_names}
+        """Merge machine rows into speed_view (`merge_view_rows`) with (app id, batch id) as
+        a Delta app transaction, which `_already_written` checks."""
         commit = _txn(self.app_id, batch_id)
 
         def merge() -> None:
             # the boundary is re-read on a retry: a conflict means the expiry just ran
             covered = boundary.followed_manifest_offsets(self.settings)
             source = self._view_rows(views, batch_id, covered)
-            (
-                self._tables.latest(spec.name)
-                .merge(
-                    source,
-                    "t.machine_id = s.machine_id",
-                    source_alias="s",
-                    target_alias="t",
-                    commit_properties=commit,
-                )
-                .when_matched_delete("cardinality(s.pending_offsets) = 0")
-                .when_matched_update(columns)
-                .when_not_matched_insert(columns, "cardinality(s.pending_offsets) > 0")
-                .execute()
-            )
+            merge_view_rows(self._tables.latest("speed_view"), source, commit)
 
         _retrying(merge)
 
     @staticmethod
     def _view_rows(views, batch_id: int, covered: dict[int, int]):
         """The speed_view rows (Arrow) of a batch's view records, offsets the boundary
-        covers removed."""
+        covers removed (it may have moved since the state function saw it)."""
         pending = [
             boundary.uncovered_array(offsets, partition, covered)
             for offsets, partition in zip(
@@ -293,6 +274,31 @@ class BatchWriter:
             features=views["features_json"].map(_json_map),
         )
         return _arrow(rows, "speed_view")
+
+
+def merge_view_rows(table, source, commit_properties=None) -> None:
+    """MERGE a micro-batch's speed_view rows (Arrow) into the table (delta-rs): a machine
+    with readings beyond the boundary gets its latest state, and their offsets are appended
+    to its pending offsets (the batch expiry drops covered ones), so a micro-batch carries
+    only its own offsets, not every reading since the last batch run."""
+    columns = {c: f"s.`{c}`" for c in get_table("speed_view").column_names}
+    accumulated = columns | {
+        "pending_offsets": "array_concat(coalesce(t.pending_offsets, []), s.pending_offsets)",
+        "readings_count": "coalesce(t.readings_count, 0) + s.readings_count",
+    }
+    has_new = "cardinality(s.pending_offsets) > 0"
+    (
+        table.merge(
+            source,
+            "t.machine_id = s.machine_id",
+            source_alias="s",
+            target_alias="t",
+            commit_properties=commit_properties,
+        )
+        .when_matched_update(accumulated, has_new)
+        .when_not_matched_insert(columns, has_new)
+        .execute()
+    )
 
 
 class PhaseClock:

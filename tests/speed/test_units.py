@@ -120,3 +120,35 @@ def test_progress_polling_counts_every_batch_once():
     assert progress_since(query, 0) == []  # polled again before the next batch ended
     query.lastProgress, query.recentProgress = batches[4], batches[2::-1] + batches[3:5]
     assert progress_since(query, 0) == batches[1:5]  # three ended between two polls
+
+
+def test_view_merge_appends_each_batch_offsets_once_and_skips_machines_without_new_ones(
+    tmp_path,
+):
+    import pyarrow as pa
+    from deltalake import DeltaTable
+
+    from prognos.core.tables import get_table
+    from speed_layer.stream import merge_view_rows
+
+    schema = get_table("speed_view").arrow_schema
+    table = DeltaTable.create(str(tmp_path / "speed_view"), schema=schema)
+
+    def batch(*rows):  # (machine, last cycle, new offsets)
+        return pa.Table.from_pylist(
+            [
+                {"machine_id": m, "last_cycle": c, "pending_offsets": o, "readings_count": len(o)}
+                for m, c, o in rows
+            ],
+            schema=schema,
+        )
+
+    merge_view_rows(table, batch(("m1", 1, [10, 11]), ("m2", 4, [])))
+    merge_view_rows(table, batch(("m1", 3, [14]), ("m3", 7, [15])))
+    merge_view_rows(table, batch(("m1", 9, []), ("m3", 8, [16, 17])))
+    rows = {r["machine_id"]: r for r in DeltaTable(table.table_uri).to_pyarrow_table().to_pylist()}
+    assert set(rows) == {"m1", "m3"}  # m2 had nothing beyond the boundary
+    assert (rows["m1"]["last_cycle"], rows["m1"]["pending_offsets"]) == (3, [10, 11, 14])
+    assert rows["m1"]["readings_count"] == 3
+    assert (rows["m3"]["last_cycle"], rows["m3"]["pending_offsets"]) == (8, [15, 16, 17])
+    assert rows["m3"]["readings_count"] == 3
