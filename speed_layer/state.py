@@ -21,7 +21,6 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 
-from prognos.core import boundary
 from prognos.core.data import SENSOR_COLUMNS, SETTING_COLUMNS
 from prognos.core.events import event_reasons, parse_event_time, validate_event
 from prognos.core.registry import ALIASES_FILE, FilesystemRegistry, RegistryError
@@ -104,10 +103,6 @@ class History:
         self.rows[cycle] = (time_ms, offset, readings)
         self.added.append(offset)
 
-    def added_uncovered(self, covered: dict[int, int]) -> np.ndarray:
-        """The offsets added in this batch that the boundary does not cover, sorted."""
-        return boundary.uncovered_array(self.added, self.partition, covered)
-
     def trim(self, capacity: int) -> None:
         for cycle in sorted(self.rows)[:-capacity]:
             del self.rows[cycle]
@@ -168,8 +163,7 @@ def process_machine(
         fresh = True
     if fresh:
         history.trim(capacity)
-        new = history.added_uncovered(boundary.cached_manifest_offsets(settings))
-        out.append(_view(machine_key, history, needed or capacity, new))
+        out.append(_view(machine_key, history, needed or capacity))
         state.update(history.to_state())
     return out
 
@@ -232,10 +226,11 @@ def _late(row: Record, event: dict, watermark_ms: int) -> dict:
     }
 
 
-def _view(machine_id: str, history: History, cycles: int, new_offsets: np.ndarray) -> dict:
+def _view(machine_id: str, history: History, cycles: int) -> dict:
     """The machine's view record with its last `cycles` readings for the driver's scoring
-    and the offsets of this batch's readings beyond the boundary (the speed view appends
-    them to the machine's pending offsets)."""
+    and the offsets of this batch's readings (the driver drops those the newest manifest
+    covers; the speed view appends the rest to the machine's pending offsets)."""
+    new_offsets = np.asarray(history.added, dtype=np.int64)
     kept = sorted(history.rows)[-cycles:]
     last_cycle = kept[-1]
     time_ms, offset, readings = history.rows[last_cycle]

@@ -256,7 +256,7 @@ class BatchWriter:
     @staticmethod
     def _view_rows(views, batch_id: int, covered: dict[int, int]):
         """The speed_view rows (Arrow) of a batch's view records, offsets the boundary
-        covers removed (it may have moved since the state function saw it)."""
+        covers removed."""
         pending = [
             boundary.uncovered_array(offsets, partition, covered)
             for offsets, partition in zip(

@@ -9,7 +9,6 @@ batch DAG call it.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -18,7 +17,6 @@ from prognos.core.lake import TableFollower, read_table_arrow
 from prognos.core.settings import Settings
 from prognos.core.tables import is_delta_table, table_path
 
-_cache: dict[str, tuple[float, dict[int, int]]] = {}
 _followers: dict[str, ManifestFollower] = {}
 
 
@@ -65,17 +63,6 @@ def followed_manifest_offsets(settings: Settings) -> dict[int, int]:
     if key not in _followers:
         _followers[key] = ManifestFollower(settings)
     return _followers[key].offsets()
-
-
-def cached_manifest_offsets(settings: Settings, max_age_s: float = 1.0) -> dict[int, int]:
-    """followed_manifest_offsets, checked at most every max_age_s seconds in this process."""
-    key = str(settings.lake)
-    now = time.monotonic()
-    cached = _cache.get(key)
-    if cached is None or now - cached[0] > max_age_s:
-        cached = (now, followed_manifest_offsets(settings))
-        _cache[key] = cached
-    return cached[1]
 
 
 def uncovered(offsets: Iterable[int], partition: int, boundary: Mapping[int, int]) -> list[int]:
