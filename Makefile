@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # Test files run on 2 workers: most test time waits on JVMs, brokers and streams.
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup test run bench bench-quick lint clean lock up down status
+.PHONY: setup test run bench bench-quick lint clean lock up down status docs
 
 setup:
 	@infra/setup.sh
@@ -29,6 +29,11 @@ bench: setup
 
 bench-quick: setup
 	@set -e; for script in bench/*.py; do echo "== $$script --quick"; $(PY) $$script --quick; done
+
+# docs/operations.md (settings, metrics), docs/api.md and docs/benchmarks.md from the code
+# and bench/results/*.json; tests/unit/test_docs_current.py fails when they are stale.
+docs: setup
+	$(PY) scripts/gen_docs.py
 
 lock:
 	$(VENV)/bin/python -m pip --version >/dev/null
