@@ -27,3 +27,11 @@ class DataFileError(PrognosError):
 
 class EventValidationError(PrognosError):
     """An event does not satisfy the event schema."""
+
+
+class LakeBusyError(PrognosError):
+    """Another job held the lake's lock for longer than the wait allowed."""
+
+
+class AliasConflictError(PrognosError):
+    """A model's aliases changed since the caller read them (an expected_version mismatch)."""

@@ -3,11 +3,16 @@
 Layout (a real ``tensorflow_model_server --model_base_path=<root>/<model>`` serves it)::
 
     <root>/<model>/<version>/saved_model.pb, variables/, metadata.json, COMPLETE
-    <root>/<model>/aliases.json        champion / challenger and the champion history
+    <root>/<model>/aliases.json        champion / challenger, the champion history, and a
+                                       version counter of alias changes
+    <root>/<model>/aliases.lock        held across each read-modify-write of aliases.json
     <root>/<model>/.staging-*          in-progress writes (TF Serving ignores non-integers)
 
 A version is written into a staging directory and renamed to its integer name in one
-step, so readers never see a half-written version.
+step, so readers never see a half-written version. An alias change (promote, challenger,
+rollback) is a read-modify-write under the model's lock file, and aliases.json is replaced
+atomically, so concurrent writers (the API's promote, the retrain DAG's bless) lose no
+update; `expected_version` makes a change conditional on the aliases the caller read.
 """
 
 from __future__ import annotations
@@ -25,13 +30,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from prognos.core.errors import PrognosError
+from prognos.core.errors import AliasConflictError, PrognosError
+from prognos.core.locks import exclusive
 from prognos.core.settings import PROJECT_ROOT
 
 ALIASES = ("champion", "challenger")
 COMPLETE_MARKER = "COMPLETE"
 METADATA_FILE = "metadata.json"
 ALIASES_FILE = "aliases.json"
+ALIASES_LOCK_FILE = "aliases.lock"
+# an alias change holds the lock for milliseconds; waiting longer means a writer hangs
+ALIASES_LOCK_TIMEOUT_S = 30.0
+BLESS_ATTEMPTS = 50
 STAGING_PREFIX = ".staging-"
 VALIDATION_METRIC = ("validation", "rmse")
 
@@ -94,17 +104,23 @@ class ModelRegistry(abc.ABC):
 
     @abc.abstractmethod
     def aliases(self, model: str) -> dict:
-        """{"champion": int|None, "challenger": int|None, "champion_history": [...]}."""
+        """{"champion": int|None, "challenger": int|None, "champion_history": [...],
+        "version": int (alias changes so far), "events": [...]}."""
+
+    # Alias changes are atomic. With `expected_version`, the change is made only if the
+    # aliases are still at that version, else AliasConflictError (re-read and retry).
 
     @abc.abstractmethod
-    def promote(self, model: str, version: int) -> None:
+    def promote(self, model: str, version: int, expected_version: int | None = None) -> None:
         """Make `version` the champion; the previous champion can be restored by rollback."""
 
     @abc.abstractmethod
-    def set_challenger(self, model: str, version: int) -> None: ...
+    def set_challenger(
+        self, model: str, version: int, expected_version: int | None = None
+    ) -> None: ...
 
     @abc.abstractmethod
-    def rollback(self, model: str) -> int:
+    def rollback(self, model: str, expected_version: int | None = None) -> int:
         """Restore the previous champion in one step; returns it."""
 
     @abc.abstractmethod
@@ -133,20 +149,47 @@ class ModelRegistry(abc.ABC):
         return self.resolve(model, "champion")
 
     def bless(self, model: str, version: int, margin: float = 0.0) -> BlessDecision:
-        """Champion if `version` beats the champion's RMSE by `margin`, else challenger."""
+        """Champion if `version` beats the champion's RMSE by `margin`, else challenger.
+        The decision holds for the aliases it was made on: if they change before it is
+        written (a promote meanwhile), it is made again on the new ones."""
+        for _ in range(BLESS_ATTEMPTS):
+            with contextlib.suppress(AliasConflictError):
+                return self._bless_once(model, version, margin)
+        raise AliasConflictError(
+            f"could not bless {model} version {version}: its aliases changed during each "
+            f"of {BLESS_ATTEMPTS} attempts"
+        )
+
+    def _bless_once(self, model: str, version: int, margin: float) -> BlessDecision:
         candidate = validation_metric(self.metadata(model, version))
-        current = self.aliases(model).get("champion")
+        aliases = self.aliases(model)
+        current, seen = aliases.get("champion"), aliases_version(aliases)
         if current is None:
-            self.promote(model, version)
+            self.promote(model, version, expected_version=seen)
             return BlessDecision(version, "champion", candidate, None, margin, "no champion yet")
         incumbent = validation_metric(self.metadata(model, current))
         if candidate < incumbent - margin:
-            self.promote(model, version)
+            self.promote(model, version, expected_version=seen)
             reason = f"validation RMSE {candidate:.3f} < {incumbent:.3f} - {margin}"
             return BlessDecision(version, "champion", candidate, incumbent, margin, reason)
-        self.set_challenger(model, version)
+        self.set_challenger(model, version, expected_version=seen)
         reason = f"validation RMSE {candidate:.3f} does not beat {incumbent:.3f} - {margin}"
         return BlessDecision(version, "challenger", candidate, incumbent, margin, reason)
+
+
+def aliases_version(aliases: dict) -> int:
+    """The number of alias changes so far (files written before the counter existed
+    recorded one event per change)."""
+    return int(aliases.get("version", len(aliases.get("events", []))))
+
+
+def check_expected_version(model: str, aliases: dict, expected_version: int | None) -> None:
+    current = aliases_version(aliases)
+    if expected_version is not None and expected_version != current:
+        raise AliasConflictError(
+            f"the aliases of {model!r} are at version {current}, not the expected "
+            f"{expected_version}: another writer changed them; re-read and retry"
+        )
 
 
 def validation_metric(metadata: dict) -> float:
@@ -206,11 +249,13 @@ class FilesystemRegistry(ModelRegistry):
     def aliases(self, model: str) -> dict:
         path = self.model_dir(model) / ALIASES_FILE
         if not path.is_file():
-            return {"champion": None, "challenger": None, "champion_history": [], "events": []}
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise RegistryError(f"{path} is not valid JSON: {error}") from None
+            aliases = {"champion": None, "challenger": None, "champion_history": [], "events": []}
+        else:
+            try:
+                aliases = json.loads(path.read_text())
+            except json.JSONDecodeError as error:
+                raise RegistryError(f"{path} is not valid JSON: {error}") from None
+        return {**aliases, "version": aliases_version(aliases)}
 
     def load(self, model: str, ref: int | str = "champion") -> LoadedModel:
         version = self.resolve(model, ref)
@@ -268,44 +313,58 @@ class FilesystemRegistry(ModelRegistry):
         numbers = [int(p.name) for p in self.model_dir(model).iterdir() if p.name.isdigit()]
         return max(numbers, default=0) + 1
 
-    def promote(self, model: str, version: int) -> None:
+    def promote(self, model: str, version: int, expected_version: int | None = None) -> None:
         version = self.resolve(model, version)
         self._check_saved_model(model, version)
-        aliases = self.aliases(model)
-        previous = aliases.get("champion")
-        if previous == version:
-            return
-        if previous is not None:
-            aliases["champion_history"].append(previous)
-        aliases["champion"] = version
-        if aliases.get("challenger") == version:
-            aliases["challenger"] = None
-        self._write_aliases(model, aliases, "promote", version)
+        with self._aliases_locked(model, expected_version) as aliases:
+            previous = aliases.get("champion")
+            if previous == version:
+                return
+            if previous is not None:
+                aliases["champion_history"].append(previous)
+            aliases["champion"] = version
+            if aliases.get("challenger") == version:
+                aliases["challenger"] = None
+            self._write_aliases(model, aliases, "promote", version)
 
-    def set_challenger(self, model: str, version: int) -> None:
+    def set_challenger(self, model: str, version: int, expected_version: int | None = None) -> None:
         version = self.resolve(model, version)
         self._check_saved_model(model, version)
-        aliases = self.aliases(model)
-        aliases["challenger"] = version
-        self._write_aliases(model, aliases, "challenger", version)
+        with self._aliases_locked(model, expected_version) as aliases:
+            aliases["challenger"] = version
+            self._write_aliases(model, aliases, "challenger", version)
 
-    def rollback(self, model: str) -> int:
-        aliases = self.aliases(model)
-        if aliases.get("champion") is None:
-            raise NoChampionError(f"model {model!r} has no champion to roll back")
-        if not aliases["champion_history"]:
-            raise RegistryError(f"model {model!r} has no previous champion to roll back to")
-        previous = aliases["champion_history"][-1]
-        self._check_saved_model(model, previous)
-        aliases["champion_history"].pop()
-        aliases["champion"] = previous
-        self._write_aliases(model, aliases, "rollback", previous)
-        return previous
+    def rollback(self, model: str, expected_version: int | None = None) -> int:
+        with self._aliases_locked(model, expected_version) as aliases:
+            if aliases.get("champion") is None:
+                raise NoChampionError(f"model {model!r} has no champion to roll back")
+            if not aliases["champion_history"]:
+                raise RegistryError(f"model {model!r} has no previous champion to roll back to")
+            previous = aliases["champion_history"][-1]
+            self._check_saved_model(model, previous)
+            aliases["champion_history"].pop()
+            aliases["champion"] = previous
+            self._write_aliases(model, aliases, "rollback", previous)
+            return previous
+
+    @contextlib.contextmanager
+    def _aliases_locked(self, model: str, expected_version: int | None):
+        """The model's aliases, read under its lock, which is held until the block ends
+        (so the write in the block is based on what no one else has changed)."""
+        directory = self.model_dir(model)
+        if not directory.is_dir():
+            raise UnknownVersionError(f"model {model!r} has no versions")
+        lock = directory / ALIASES_LOCK_FILE
+        with exclusive(lock, f"alias change of {model}", ALIASES_LOCK_TIMEOUT_S, RegistryError):
+            aliases = self.aliases(model)
+            check_expected_version(model, aliases, expected_version)
+            yield aliases
 
     def _write_aliases(self, model: str, aliases: dict, event: str, version: int) -> None:
         aliases.setdefault("events", []).append(
             {"event": event, "version": version, "at": datetime.now(UTC).isoformat()}
         )
+        aliases["version"] = aliases_version(aliases) + 1
         path = self.model_dir(model) / ALIASES_FILE
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".aliases-", suffix=".tmp")
         try:

@@ -112,6 +112,12 @@ class Settings(BaseSettings):
         ge=0,
         description="VACUUM never uses a shorter retention than this (time travel window).",
     )
+    lake_lock_timeout_s: float = Field(
+        3600.0,
+        gt=0,
+        description="How long a lake job waits for another job of the same lake to finish "
+        "before it fails with LakeBusyError (the jobs of one lake never run concurrently).",
+    )
 
     api_host: str = Field("127.0.0.1", description="Serving layer bind address.")
     api_port: Port = Field(8000, description="Serving layer HTTP port.")

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from model_helpers import metadata_with, write_constant_saved_model
 
+from prognos.core.errors import AliasConflictError
 from prognos.core.registry import (
     CorruptVersionError,
     NoChampionError,
@@ -179,3 +180,80 @@ def test_a_writer_killed_mid_write_leaves_no_listed_version(make_registry, tmp_p
 def test_invalid_model_names_are_refused(make_registry):
     with pytest.raises(RegistryError, match="invalid model name"):
         make_registry().versions("../escape")
+
+
+def test_alias_changes_are_counted_and_a_stale_expected_version_is_refused(make_registry):
+    registry = make_registry()
+    one, two = register(registry, 15.0), register(registry, 14.0)
+    assert registry.aliases(MODEL)["version"] == 0
+    registry.promote(MODEL, one)
+    registry.set_challenger(MODEL, two, expected_version=1)
+    seen = registry.aliases(MODEL)
+    assert seen["version"] == 2
+    registry.promote(MODEL, two)  # another writer, after `seen` was read
+    for stale_change in (
+        lambda: registry.promote(MODEL, one, expected_version=seen["version"]),
+        lambda: registry.set_challenger(MODEL, one, expected_version=seen["version"]),
+        lambda: registry.rollback(MODEL, expected_version=seen["version"]),
+    ):
+        with pytest.raises(AliasConflictError, match="at version 3, not the expected 2"):
+            stale_change()
+    after = make_registry().aliases(MODEL)
+    assert after["version"] == 3 and after["champion"] == two
+    assert registry.rollback(MODEL, expected_version=3) == one
+    assert make_registry().aliases(MODEL)["version"] == 4
+
+
+RACING_WRITER = textwrap.dedent(
+    """
+    import sys, time
+    from importlib import import_module
+    from pathlib import Path
+
+    module, _, name = sys.argv[1].partition(":")
+    registry = getattr(import_module(module), name)(sys.argv[2])
+    role, times, start = sys.argv[3], int(sys.argv[4]), Path(sys.argv[5])
+    while not start.exists():
+        time.sleep(0.005)
+    for turn in range(times):
+        if role == "promote":
+            registry.promote("rul_test", 2 - turn % 2)  # 2, 1, 2, ...: each one a change
+        else:
+            assert registry.bless("rul_test", 3).alias == "challenger"
+    """
+)
+
+
+def test_concurrent_promotes_and_blesses_lose_no_update(make_registry, tmp_path):
+    """A promote (the API) and a bless (the retrain DAG) in two processes at once, many
+    times: every change survives, in the events, the history and the version counter."""
+    registry = make_registry()
+    for rmse in (10.0, 11.0, 20.0):  # 3 never beats the champion: bless makes it challenger
+        register(registry, rmse)
+    registry.promote(MODEL, 1)
+    times, start = 40, tmp_path / "start"
+    implementation = f"{type(registry).__module__}:{type(registry).__qualname__}"
+    arguments = [implementation, str(tmp_path / "registry")]
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACING_WRITER, *arguments, role, str(times), str(start)],
+            cwd=PROJECT_ROOT,
+            env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        )
+        for role in ("promote", "bless", "bless")
+    ]
+    try:
+        start.touch()
+        assert [writer.wait(timeout=300) for writer in writers] == [0, 0, 0]
+    finally:
+        for writer in writers:
+            if writer.poll() is None:
+                writer.kill()
+                writer.wait()
+    aliases = make_registry().aliases(MODEL)
+    events = [event["event"] for event in aliases["events"]]
+    assert events.count("promote") == 1 + times
+    assert events.count("challenger") == 2 * times
+    assert aliases["version"] == len(events) == 1 + 3 * times
+    assert len(aliases["champion_history"]) == times
+    assert (aliases["champion"], aliases["challenger"]) == (1, 3)
