@@ -84,9 +84,13 @@ class Settings(BaseSettings):
         "raise it with the cluster.",
     )
     topic_alerts: str = Field("maintenance-alerts", description="Alerts topic.")
-    topic_alerts_partitions: int = Field(1, ge=1)
+    topic_alerts_partitions: int = Field(
+        1, ge=1, description="Partitions of the alerts topic when prognos creates it."
+    )
     topic_dead_letter: str = Field("sensor-readings-dlq", description="Dead letters.")
-    topic_dead_letter_partitions: int = Field(1, ge=1)
+    topic_dead_letter_partitions: int = Field(
+        1, ge=1, description="Partitions of the dead-letter topic when prognos creates it."
+    )
 
     spark_master: str = Field(
         "local[*]",
