@@ -1,8 +1,8 @@
 """The embedded stack: a real single-node Apache Kafka broker (KRaft) from the Maven jars.
 
 `up` formats the storage once, starts ``java -cp '<jars>/*' kafka.Kafka`` bound to
-127.0.0.1 in its own process group, waits until it answers metadata requests, writes a
-PID file and creates the topics. `down` stops exactly that PID. When the environment
+127.0.0.1 as a supervised process (own process group, PID file), waits until it answers
+metadata requests and creates the topics. `down` stops exactly that PID. When the environment
 names an external broker (``KAFKA_BOOTSTRAP_SERVERS`` or ``PROGNOS_KAFKA_EXTERNAL=true``),
 nothing is started.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import string
 import subprocess
@@ -20,11 +19,13 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from prognos.core import supervisor
 from prognos.core.catalog import topics
 from prognos.core.errors import BrokerUnavailableError, PrognosError, SetupMissingError
 from prognos.core.settings import PROJECT_ROOT, Settings
 
 INFRA_KAFKA = PROJECT_ROOT / "infra" / "kafka"
+BROKER_MARKER = b"kafka.Kafka"  # the broker's main class, on its command line
 
 
 @dataclass(frozen=True)
@@ -114,29 +115,10 @@ def _cluster_id() -> str:
             return cluster_id
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"kafka.Kafka" in cmdline
-
-
-def _read_pid(settings: Settings) -> int | None:
-    pid_file = _paths(settings)["pid"]
-    try:
-        return int(pid_file.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
 def clean_stale_pid(settings: Settings) -> bool:
-    """Remove a PID file whose process is gone; True if one was removed."""
-    pid = _read_pid(settings)
-    if pid is not None and not _pid_alive(pid):
-        _paths(settings)["pid"].unlink(missing_ok=True)
-        return True
-    return False
+    """Remove a PID file whose broker is gone; True if one was removed."""
+    pid_file = _paths(settings)["pid"]
+    return pid_file.exists() and not supervisor.is_alive(pid_file, BROKER_MARKER)
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -200,7 +182,7 @@ def up(settings: Settings, timeout_s: float = 90.0) -> BrokerStatus:
         ensure_topics(settings)
         return status(settings)
     clean_stale_pid(settings)
-    pid = _read_pid(settings)
+    pid = supervisor.read_pid(_paths(settings)["pid"])
     if pid is None:
         pid = _start_broker(settings)
     wait_for_broker(settings.kafka_bootstrap_servers, timeout_s)
@@ -233,31 +215,20 @@ def _start_broker(settings: Settings) -> int:
         "kafka.Kafka",
         str(config),
     ]
-    with open(paths["log"], "ab") as log:
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-    paths["pid"].write_text(str(process.pid))
-    return process.pid
+    spec = supervisor.ProcessSpec(
+        name="kafka broker",
+        command=command,
+        pid_file=paths["pid"],
+        log_file=paths["log"],
+        env=env,
+        marker=BROKER_MARKER,
+    )
+    return supervisor.start(spec)
 
 
 def down(settings: Settings, timeout_s: float = 30.0) -> bool:
     """Stop the broker this project started (SIGTERM, then SIGKILL); True if one ran."""
-    if clean_stale_pid(settings):
-        return False
-    pid = _read_pid(settings)
-    if pid is None:
-        return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while _pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if _pid_alive(pid):
-        os.kill(pid, signal.SIGKILL)
-        while _pid_alive(pid):
-            time.sleep(0.1)
-    _paths(settings)["pid"].unlink(missing_ok=True)
-    return True
+    return supervisor.stop(_paths(settings)["pid"], timeout_s, marker=BROKER_MARKER)
 
 
 def status(settings: Settings) -> BrokerStatus:
@@ -266,7 +237,7 @@ def status(settings: Settings) -> BrokerStatus:
         healthy = broker_answers(servers)
         return BrokerStatus(servers, False, None, healthy, healthy, "external broker")
     stale = clean_stale_pid(settings)
-    pid = _read_pid(settings)
+    pid = supervisor.read_pid(_paths(settings)["pid"])
     running = pid is not None
     healthy = running and broker_answers(servers)
     if running:

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from prognos.core import stack
+from prognos.core import stack, supervisor
 from prognos.core.catalog import topics
 from tests.conftest import PROJECT_JARS, free_port, make_settings
 from tests.functional.kafka_helpers import partition_counts
@@ -70,7 +70,7 @@ def test_up_status_down_round_trip(own_stack):
     assert started.returncode == 0, started.stderr
     assert "healthy" in started.stdout
     pid = int(pid_file.read_text())
-    assert stack._pid_alive(pid)
+    assert supervisor.pid_alive(pid, stack.BROKER_MARKER)
 
     shown = cli(env, "status")
     assert shown.returncode == 0
@@ -87,7 +87,7 @@ def test_up_status_down_round_trip(own_stack):
 
     stopped = cli(env, "down")
     assert stopped.returncode == 0 and "stopped" in stopped.stdout
-    assert not stack._pid_alive(pid)
+    assert not supervisor.pid_alive(pid, stack.BROKER_MARKER)
     assert not pid_file.exists()
     after = cli(env, "status")
     assert after.returncode == 1 and "not running" in after.stdout
