@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # Test files run on 2 workers: most test time waits on JVMs, brokers and streams.
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup test run bench bench-quick lint clean lock up down status docs
+.PHONY: setup test test-unit run bench bench-quick lint clean lock up down status docs
 
 setup:
 	@infra/setup.sh
@@ -20,6 +20,11 @@ lint: setup
 
 test: setup lint
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS)
+
+# The fast tier: tests that start no JVM, broker or server and need no trained model
+# (marked `unit`), in one process: spreading them over workers costs more than it saves.
+test-unit: setup
+	$(PY) -m pytest -m unit --durations=10 $(PYTEST_ARGS)
 
 run: setup
 	$(PY) -m prognos.cli.main run $(ARGS)

@@ -27,6 +27,23 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+# Fixtures that start a JVM, a broker or a server, or train a model: a test marked `unit`
+# (the fast tier, `make test-unit`) must not use one, directly or through another fixture.
+HEAVY_FIXTURES = frozenset(
+    {"spark", "broker_settings", "tiny_training", "server_url", "served", "served_cli"}
+)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    misplaced = [
+        f"{item.nodeid} uses {', '.join(sorted(HEAVY_FIXTURES & set(item.fixturenames)))}"
+        for item in items
+        if item.get_closest_marker("unit") and HEAVY_FIXTURES & set(item.fixturenames)
+    ]
+    if misplaced:
+        raise pytest.UsageError("unit tests must not start heavy parts:\n" + "\n".join(misplaced))
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -13,6 +13,8 @@ from prognos.core.airflow_env import GOLD_ASSET, VIEWS_ASSET, airflow_env
 from prognos.core.settings import PROJECT_ROOT
 from tests.conftest import make_settings
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def dagbag(tmp_path_factory):

@@ -10,6 +10,8 @@ import pytest
 
 from prognos.core import quality
 
+pytestmark = pytest.mark.unit
+
 NOW = time.time()
 
 

@@ -17,6 +17,8 @@ from prognos.core.settings import PROJECT_ROOT, Settings, load_settings
 from serving_layer.metrics import ServingMetrics
 from speed_layer.metrics import SpeedMetrics
 
+pytestmark = pytest.mark.unit
+
 INFRA = PROJECT_ROOT / "infra"
 DEFAULTS = load_settings(state_dir=Path("/tmp/unused"))
 IMAGE = "prognos:0.1.0"

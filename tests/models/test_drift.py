@@ -11,6 +11,8 @@ from models import drift
 from prognos.core.registry import FilesystemRegistry, NoChampionError
 from tests.conftest import make_settings
 
+pytestmark = pytest.mark.unit
+
 RECENT = range(1, 21)  # 20 machines in the window
 OLD = range(21, 41)  # 20 machines three days back, outside the 24 h window
 

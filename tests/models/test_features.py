@@ -9,6 +9,8 @@ import pytest
 from prognos.core import features as F
 from prognos.core.data import load_cmapss
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def fd001_train():

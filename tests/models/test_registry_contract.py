@@ -23,6 +23,8 @@ from prognos.core.registry import (
 )
 from prognos.core.settings import PROJECT_ROOT
 
+pytestmark = pytest.mark.unit
+
 MODEL = "rul_test"
 
 

@@ -12,6 +12,8 @@ from models.train import train_frames
 from prognos.core.registry import CorruptVersionError, FilesystemRegistry
 from tests.conftest import make_settings
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture
 def settings(tmp_path):

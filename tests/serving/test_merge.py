@@ -25,6 +25,8 @@ from serving_layer.snapshot import (
 )
 from serving_layer.views import DeltaViews
 
+pytestmark = pytest.mark.unit
+
 
 def levels(rul):
     return alert_level(rul, load_settings())

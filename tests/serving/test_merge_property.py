@@ -19,6 +19,8 @@ from prognos.core.boundary import uncovered
 from serving_layer.snapshot import SnapshotStore
 from serving_layer.views import DeltaViews
 
+pytestmark = pytest.mark.unit
+
 MACHINES, PARTITIONS, CYCLES = 5, 2, 12
 
 

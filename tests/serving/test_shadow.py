@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from serving_layer.models import ShadowStats, errors_vs_truth
+
+pytestmark = pytest.mark.unit
 
 TRUTH = {("FD001-test-0001", 31): 112.0, ("FD001-test-0002", 40): 98.0}
 

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
+import pytest
 from prometheus_client import generate_latest
 
 from prognos.core import alerting
@@ -15,6 +16,8 @@ from prognos.core.scoring import model_window
 from speed_layer.metrics import SpeedMetrics, progress_since
 from tests.conftest import make_settings
 from tests.serving.serving_support import lake_settings, publish
+
+pytestmark = pytest.mark.unit
 
 
 def test_alert_levels_follow_the_configured_thresholds(tmp_path):

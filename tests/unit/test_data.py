@@ -15,6 +15,8 @@ from prognos.core.data import (
 from prognos.core.errors import DataFileError
 from prognos.core.settings import load_settings
 
+pytestmark = pytest.mark.unit
+
 # From data/cmapss/PROVENANCE.md: (train rows, train units, test rows, test units = RUL values)
 PROVENANCE = {
     "FD001": (20631, 100, 13096, 100),

@@ -19,6 +19,8 @@ from prognos.core.events import (
     validate_event,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def a_valid_event() -> dict:
     return {

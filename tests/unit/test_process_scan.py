@@ -6,7 +6,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from prognos.cli import services
+
+pytestmark = pytest.mark.unit
 
 SLEEPER = "import time; time.sleep(60)  # prognos-scan-test"
 

@@ -8,6 +8,8 @@ from prognos.core.errors import PrognosError
 from prognos.core.events import encode_event, parse_event
 from prognos.core.replay import encoded_messages, fleet_events, fleet_frame, fleet_messages
 
+pytestmark = pytest.mark.unit
+
 
 def test_machines_report_round_robin_by_cycle():
     fleet = fleet_frame("FD001", "test", machines=3)

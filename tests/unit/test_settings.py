@@ -2,6 +2,8 @@ import pytest
 
 from prognos.core.settings import SettingsError, load_settings
 
+pytestmark = pytest.mark.unit
+
 
 def test_defaults_live_under_the_state_dir(tmp_path):
     settings = load_settings(state_dir=tmp_path)

@@ -1,4 +1,8 @@
+import pytest
+
 from prognos.core.stack import _cluster_id
+
+pytestmark = pytest.mark.unit
 
 
 def test_cluster_ids_never_look_like_an_option():
