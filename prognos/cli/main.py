@@ -30,11 +30,23 @@ def cli() -> None:
 @cli.command()
 @click.option("--timeout", default=90.0, show_default=True, help="Seconds to wait for the broker.")
 @click.option("--airflow", is_flag=True, help="Also start Airflow standalone (UI on 127.0.0.1).")
-def up(timeout: float, airflow: bool) -> None:
-    """Start the embedded stack (a single-node Kafka broker) and create the topics."""
+@click.option(
+    "--kafka-cluster",
+    type=click.IntRange(1, 9),
+    default=None,
+    help="Start a KRaft cluster of N nodes instead of one broker (topics replicated "
+    "min(N, 3) times); default: the kafka_cluster_size setting.",
+)
+def up(timeout: float, airflow: bool, kafka_cluster: int | None) -> None:
+    """Start the embedded stack (a Kafka broker or cluster) and create the topics."""
     from prognos.core import stack
 
-    click.echo(_format_status(stack.up(get_settings(), timeout_s=timeout)))
+    from prognos.core.settings import load_settings
+    settings = get_settings()
+    if kafka_cluster is not None:
+        settings = load_settings(kafka_cluster_size=kafka_cluster)
+    click.echo(_format_status(stack.up(settings, timeout_s=timeout)))
+    _echo_nodes(settings)
     if airflow:
         from prognos.cli.services import start_airflow
 
@@ -49,7 +61,7 @@ def down() -> None:
 
     for line in stop_all(get_settings()):
         click.echo(line)
-    stopped = stack.down(get_settings())
+    stopped = stack.down(_stack_settings())
     click.echo("kafka: stopped" if stopped else "kafka: was not running")
 
 
@@ -59,13 +71,36 @@ def status(as_json: bool) -> None:
     """Show what runs where and whether it is healthy (exit 1 when unhealthy)."""
     from prognos.core import stack
 
-    broker = stack.status(get_settings())
-    click.echo(json.dumps(stack.status_dict(get_settings())) if as_json else _format_status(broker))
+    settings = _stack_settings()
+    broker = stack.status(settings)
+    click.echo(json.dumps(stack.status_dict(settings)) if as_json else _format_status(broker))
+    if not as_json:
+        _echo_nodes(settings)
     if not broker.healthy:
         sys.exit(1)
 
 
 def _format_status(broker) -> str:
+def _stack_settings():
+    """The settings, or those of the Kafka cluster `up --kafka-cluster N` started."""
+    from prognos.core import kafka_cluster
+
+    return kafka_cluster.recorded(get_settings())
+
+
+def _echo_nodes(settings) -> None:
+    """One line per node of an embedded Kafka cluster."""
+    if settings.kafka_cluster_size == 1 or settings.kafka_is_external:
+        return
+    from prognos.core import kafka_cluster
+
+    for node in kafka_cluster.status(settings):
+        state = "healthy" if node.healthy else "running" if node.running else "not running"
+        pid = f" pid {node.pid}" if node.pid else ""
+        leads = f", leads {node.leader_of} readings partition(s)"
+        click.echo(f"  kafka node {node.node_id} {node.address}{pid}: {state}{leads}")
+
+
     owner = "embedded" if broker.managed else "external"
     pid = f" pid {broker.pid}" if broker.pid else ""
     return f"kafka ({owner}) {broker.bootstrap_servers}{pid}: {broker.detail}"

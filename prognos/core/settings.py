@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -65,6 +65,26 @@ class Settings(BaseSettings):
     kafka_client_timeout_ms: int = Field(
         30000,
         ge=1000,
+    kafka_cluster_size: int = Field(
+        1,
+        ge=1,
+        le=9,
+        description="Kafka nodes `prognos up` starts (1: the single broker; 3: a KRaft "
+        "cluster of combined controller+broker nodes, node k on the first bootstrap port + 2k "
+        "and the controller port + 2k unless kafka_bootstrap_servers names every node).",
+    )
+    kafka_replication_factor: int | None = Field(
+        None,
+        ge=1,
+        description="Replication factor of the topics prognos creates (default: 1 for one "
+        "broker, 3 for a cluster of 3 or more).",
+    )
+    kafka_min_insync_replicas: int | None = Field(
+        None,
+        ge=1,
+        description="min.insync.replicas of the topics prognos creates (default: 2 when "
+        "replicated 3 times or more, else 1): with acks=all a write needs this many copies.",
+    )
         description="Request/API timeout of Spark's Kafka clients: an unreachable broker "
         "fails a streaming query after about this long instead of retrying for minutes.",
     )
@@ -284,6 +304,32 @@ class Settings(BaseSettings):
     @field_validator("spark_master")
     @classmethod
     def _spark_master(cls, value: str) -> str:
+    @model_validator(mode="after")
+    def _kafka_cluster(self) -> Settings:
+        servers = self.kafka_bootstrap_servers.split(",")
+        if self.kafka_cluster_size > 1 and not self.kafka_external:
+            if len(servers) == 1:
+                # derived, not set: node k listens on the first port + 2k
+                host, _, port = servers[0].strip().rpartition(":")
+                nodes = [f"{host}:{int(port) + 2 * k}" for k in range(self.kafka_cluster_size)]
+                object.__setattr__(self, "kafka_bootstrap_servers", ",".join(nodes))
+            elif len(servers) != self.kafka_cluster_size:
+                raise ValueError(
+                    f"kafka_cluster_size={self.kafka_cluster_size} needs one address per node "
+                    f"in kafka_bootstrap_servers (or just the first), got {len(servers)}"
+                )
+        if not self.kafka_external and self.topic_replication_factor > self.kafka_cluster_size:
+            raise ValueError(
+                f"kafka_replication_factor={self.topic_replication_factor} exceeds "
+                f"kafka_cluster_size={self.kafka_cluster_size}"
+            )
+        if self.topic_min_insync_replicas > self.topic_replication_factor:
+            raise ValueError(
+                f"kafka_min_insync_replicas={self.topic_min_insync_replicas} exceeds the "
+                f"replication factor {self.topic_replication_factor}"
+            )
+        return self
+
         if not value.startswith(("local", "spark://", "yarn", "k8s://")):
             raise ValueError(f"expected local[N], spark://..., yarn or k8s://, got {value!r}")
         return value
@@ -320,6 +366,18 @@ class Settings(BaseSettings):
     @property
     def kafka_is_external(self) -> bool:
         """True when the broker is external, so none is started here."""
+    @property
+    def topic_replication_factor(self) -> int:
+        if self.kafka_replication_factor is not None:
+            return self.kafka_replication_factor
+        return 3 if self.kafka_cluster_size >= 3 else 1
+
+    @property
+    def topic_min_insync_replicas(self) -> int:
+        if self.kafka_min_insync_replicas is not None:
+            return self.kafka_min_insync_replicas
+        return 2 if self.topic_replication_factor >= 3 else 1
+
         return self.kafka_external
 
 

@@ -169,7 +169,12 @@ def ensure_topics(settings: Settings) -> list[str]:
         existing = set(admin.list_topics())
         wanted = [t for t in topics(settings).values() if t.name not in existing]
         if wanted:
-            admin.create_topics([NewTopic(t.name, t.partitions, 1) for t in wanted])
+            admin.create_topics(
+                [
+                    NewTopic(t.name, t.partitions, t.replication_factor, topic_configs=t.configs)
+                    for t in wanted
+                ]
+            )
         return [t.name for t in wanted]
     finally:
         admin.close()
@@ -179,6 +184,12 @@ def up(settings: Settings, timeout_s: float = 90.0) -> BrokerStatus:
     """Start the embedded broker (or use the external one) and create the topics."""
     if settings.kafka_is_external:
         wait_for_broker(settings.kafka_bootstrap_servers, timeout_s=min(timeout_s, 30.0))
+        ensure_topics(settings)
+        return status(settings)
+    if settings.kafka_cluster_size > 1:
+        from prognos.core import kafka_cluster
+
+        kafka_cluster.up(settings, timeout_s)
         ensure_topics(settings)
         return status(settings)
     clean_stale_pid(settings)
@@ -227,7 +238,12 @@ def _start_broker(settings: Settings) -> int:
 
 
 def down(settings: Settings, timeout_s: float = 30.0) -> bool:
-    """Stop the broker this project started (SIGTERM, then SIGKILL); True if one ran."""
+    """Stop the broker (or cluster nodes) this project started (SIGTERM, then SIGKILL);
+    True if one ran."""
+    if settings.kafka_cluster_size > 1:
+        from prognos.core import kafka_cluster
+
+        return bool(kafka_cluster.down(settings, timeout_s))
     return supervisor.stop(_paths(settings)["pid"], timeout_s, marker=BROKER_MARKER)
 
 
@@ -236,6 +252,8 @@ def status(settings: Settings) -> BrokerStatus:
     if settings.kafka_is_external:
         healthy = broker_answers(servers)
         return BrokerStatus(servers, False, None, healthy, healthy, "external broker")
+    if settings.kafka_cluster_size > 1:
+        return _cluster_status(settings)
     stale = clean_stale_pid(settings)
     pid = supervisor.read_pid(_paths(settings)["pid"])
     running = pid is not None
@@ -247,5 +265,25 @@ def status(settings: Settings) -> BrokerStatus:
     return BrokerStatus(servers, True, pid, running, healthy, detail)
 
 
+def _cluster_status(settings: Settings) -> BrokerStatus:
+    """The cluster as one broker: running while any node runs, healthy when all are."""
+    from prognos.core import kafka_cluster
+
+    nodes = kafka_cluster.status(settings)
+    running = sum(n.running for n in nodes)
+    healthy = sum(n.healthy for n in nodes)
+    detail = f"cluster of {len(nodes)}: {healthy} healthy, {running} running"
+    return BrokerStatus(
+        settings.kafka_bootstrap_servers, True, None, running > 0, healthy == len(nodes), detail
+    )
+
+
 def status_dict(settings: Settings) -> dict:
+    if settings.kafka_cluster_size > 1 and not settings.kafka_is_external:
+        from prognos.core import kafka_cluster
+
+        return {
+            "kafka": asdict(status(settings)),
+            "kafka_nodes": kafka_cluster.status_dicts(settings),
+        }
     return {"kafka": asdict(status(settings))}
