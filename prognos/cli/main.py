@@ -40,8 +40,8 @@ def cli() -> None:
 def up(timeout: float, airflow: bool, kafka_cluster: int | None) -> None:
     """Start the embedded stack (a Kafka broker or cluster) and create the topics."""
     from prognos.core import stack
-
     from prognos.core.settings import load_settings
+
     settings = get_settings()
     if kafka_cluster is not None:
         settings = load_settings(kafka_cluster_size=kafka_cluster)
@@ -80,7 +80,6 @@ def status(as_json: bool) -> None:
         sys.exit(1)
 
 
-def _format_status(broker) -> str:
 def _stack_settings():
     """The settings, or those of the Kafka cluster `up --kafka-cluster N` started."""
     from prognos.core import kafka_cluster
@@ -101,6 +100,7 @@ def _echo_nodes(settings) -> None:
         click.echo(f"  kafka node {node.node_id} {node.address}{pid}: {state}{leads}")
 
 
+def _format_status(broker) -> str:
     owner = "embedded" if broker.managed else "external"
     pid = f" pid {broker.pid}" if broker.pid else ""
     return f"kafka ({owner}) {broker.bootstrap_servers}{pid}: {broker.detail}"

@@ -62,9 +62,6 @@ class Settings(BaseSettings):
         9093, description="KRaft controller port of the embedded broker."
     )
     kafka_heap: str = Field("512m", description="Max heap of the embedded broker.")
-    kafka_client_timeout_ms: int = Field(
-        30000,
-        ge=1000,
     kafka_cluster_size: int = Field(
         1,
         ge=1,
@@ -85,6 +82,9 @@ class Settings(BaseSettings):
         description="min.insync.replicas of the topics prognos creates (default: 2 when "
         "replicated 3 times or more, else 1): with acks=all a write needs this many copies.",
     )
+    kafka_client_timeout_ms: int = Field(
+        30000,
+        ge=1000,
         description="Request/API timeout of Spark's Kafka clients: an unreachable broker "
         "fails a streaming query after about this long instead of retrying for minutes.",
     )
@@ -301,9 +301,6 @@ class Settings(BaseSettings):
                 raise ValueError(f"expected host:port[,host:port], got {value!r}")
         return value
 
-    @field_validator("spark_master")
-    @classmethod
-    def _spark_master(cls, value: str) -> str:
     @model_validator(mode="after")
     def _kafka_cluster(self) -> Settings:
         servers = self.kafka_bootstrap_servers.split(",")
@@ -330,6 +327,9 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("spark_master")
+    @classmethod
+    def _spark_master(cls, value: str) -> str:
         if not value.startswith(("local", "spark://", "yarn", "k8s://")):
             raise ValueError(f"expected local[N], spark://..., yarn or k8s://, got {value!r}")
         return value
@@ -364,9 +364,6 @@ class Settings(BaseSettings):
         return self.state_dir / "run"
 
     @property
-    def kafka_is_external(self) -> bool:
-        """True when the broker is external, so none is started here."""
-    @property
     def topic_replication_factor(self) -> int:
         if self.kafka_replication_factor is not None:
             return self.kafka_replication_factor
@@ -378,6 +375,9 @@ class Settings(BaseSettings):
             return self.kafka_min_insync_replicas
         return 2 if self.topic_replication_factor >= 3 else 1
 
+    @property
+    def kafka_is_external(self) -> bool:
+        """True when the broker is external, so none is started here."""
         return self.kafka_external
 
 
