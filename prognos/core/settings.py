@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     data_dir: Path = Field(
         PROJECT_ROOT / "data" / "cmapss", description="Vendored NASA C-MAPSS files."
     )
+    fleet_spec: Path = Field(
+        PROJECT_ROOT / "fleets" / "cmapss.toml",
+        description="Fleet spec (TOML) of the machines: readings, valid ranges, features, "
+        "labels and alert rule; the event contract and silver's quality suite derive from it.",
+    )
 
     kafka_bootstrap_servers: str = Field(
         "127.0.0.1:9092",
