@@ -1,33 +1,35 @@
-"""The one place mapping errors to HTTP answers: JSON `{"error": "..."}`, never internals.
+"""Errors as HTTP and gRPC answers, never internals.
 
-The shape is TensorFlow Serving's error shape, used by every route alike.
+HTTP: TensorFlow Serving's error shape `{"error": "..."}`, used by every route alike, with
+the error class's `http_status`. gRPC: the error class's `grpc_code` and the message.
+prognos/core/errors.py holds the one table of HTTP, gRPC and exit codes; an exception that
+is not a PrognosError is a bug and answers 500 "internal error" (gRPC: UNKNOWN).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 
+import grpc
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from prognos.core.registry import NoChampionError, RegistryError, UnknownVersionError
-from serving_layer.models import ModelNotFoundError
-from serving_layer.predict_format import PredictRequestError
-from serving_layer.snapshot import CursorError
+from prognos.core.errors import PrognosError
 
 log = logging.getLogger(__name__)
 
 
-class ApiError(Exception):
-    """An answer other than 200, with a message meant for the client."""
+class ApiError(PrognosError):
+    """An answer other than 200 that a route decides itself (auth, parameter checks)."""
 
     def __init__(self, status: int, message: str, headers: dict | None = None) -> None:
         super().__init__(message)
-        self.status = status
+        self.http_status = status
         self.message = message
         self.headers = headers
 
@@ -38,17 +40,6 @@ def not_found(message: str) -> ApiError:
 
 def invalid(message: str) -> ApiError:
     return ApiError(422, message)
-
-
-# exception type -> HTTP status; the exception's message is the client's message
-STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
-    (ModelNotFoundError, 404),
-    (UnknownVersionError, 404),
-    (PredictRequestError, 400),
-    (CursorError, 422),
-    (NoChampionError, 409),
-    (RegistryError, 409),
-)
 
 
 def clean(value):
@@ -71,9 +62,11 @@ def error_response(status: int, message: str, headers: dict | None = None, **ext
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, error: ApiError):
-        return error_response(error.status, error.message, error.headers)
+    @app.exception_handler(PrognosError)
+    async def _prognos_error(request: Request, error: PrognosError):
+        if error.http_status >= 500:
+            log.error("%s on %s %s: %s", type(error).__name__, request.method, request.url, error)
+        return error_response(error.http_status, error.one_line(), getattr(error, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, error: RequestValidationError):
@@ -84,22 +77,30 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(request: Request, error: HTTPException):
         return error_response(error.status_code, str(error.detail), error.headers)
 
-    for error_type, status in STATUS_BY_ERROR:
-        app.add_exception_handler(error_type, _mapped(status))
-
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception):
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return error_response(500, "internal error")
 
 
-def _mapped(status: int):
-    async def handler(request: Request, error: Exception):
-        return error_response(status, str(error))
-
-    return handler
-
-
 def _describe(item: dict) -> str:
     where = ".".join(str(part) for part in item.get("loc", ()) if part != "body")
     return f"{where}: {item.get('msg', 'invalid')}" if where else item.get("msg", "invalid")
+
+
+def grpc_status(error: PrognosError) -> grpc.StatusCode:
+    """The gRPC status code an error class declares (UNKNOWN for a name gRPC lacks)."""
+    return grpc.StatusCode.__members__.get(error.grpc_code, grpc.StatusCode.UNKNOWN)
+
+
+def answers_errors(method):
+    """A PrognosError raised by the call ends it with the error's code and message."""
+
+    @functools.wraps(method)
+    def call(self, request, context):
+        try:
+            return method(self, request, context)
+        except PrognosError as error:
+            context.abort(grpc_status(error), error.one_line())
+
+    return call

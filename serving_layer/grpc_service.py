@@ -1,5 +1,10 @@
-"""gRPC PredictionService (Predict, GetModelMetadata) from tensorflow-serving-api's protos,
-over the same ModelServer as the REST API, listening on 127.0.0.1 only.
+"""TF Serving's gRPC API from tensorflow-serving-api's protos, over the same ModelServer as
+the REST API, listening on 127.0.0.1 only: PredictionService (Predict, GetModelMetadata)
+and ModelService (GetModelStatus). Classify, Regress, MultiInference and
+HandleReloadConfigRequest answer UNIMPLEMENTED saying what to use instead.
+
+A PrognosError raised by a call ends it with the error class's `grpc_code`
+(prognos/core/errors.py holds the one table of codes) and its one-line message.
 
 Like the REST "machines" key, a Predict call may name each row's machine and cycle in the
 call metadata `prognos-machines` (a JSON list), so shadow scoring can use the truth.
@@ -15,23 +20,39 @@ import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
+    status_pb2,
 )
 
-from prognos.core.errors import PrognosError
-from serving_layer.models import ModelNotFoundError, Servable
+from prognos.core.errors import InvalidArgumentError, PrognosError, UnimplementedError
+from serving_layer.errors import answers_errors
+from serving_layer.models import Servable
 from serving_layer.predict_format import PredictRequestError, parse_machines
 
 SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
 MACHINES_METADATA = "prognos-machines"
+PREDICT_ONLY = (
+    "prognos models have one predict signature (serving_default, method "
+    f"{PREDICT_METHOD}): call Predict"
+)
+RELOAD_INSTEAD = (
+    "prognos serves the registry's champion and challenger and follows their changes: "
+    "promote or roll back a version (POST /v1/models/{name}:promote, `prognos models "
+    "promote`) instead of reloading a model config"
+)
+VERSION_STATE = get_model_status_pb2.ModelVersionStatus.State
+ERROR_CODE = status_pb2.StatusProto.DESCRIPTOR.fields_by_name["error_code"].enum_type
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, models) -> None:
         self.models = models
 
+    @answers_errors
     def Predict(self, request: predict_pb2.PredictRequest, context):
         servable = self._servable(request.model_spec, context)
         self._check_signature(request.model_spec.signature_name, context)
@@ -44,7 +65,10 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 f"inputs must be exactly {sorted(specs)}; unknown {unknown}, missing {missing}",
             )
         inputs = {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}
-        version = servable.version if request.model_spec.HasField("version") else None
+        spec = request.model_spec
+        # only a call naming neither version nor label goes to the champion (and shadow)
+        named = spec.HasField("version") or bool(spec.version_label)
+        version = servable.version if named else None
         machines = _machines(context, len(next(iter(inputs.values()))))
         try:
             outputs = self.models.predict(servable.name, inputs, version, machines)
@@ -57,6 +81,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             response.outputs[name].CopyFrom(tf.make_tensor_proto(outputs[name]))
         return response
 
+    @answers_errors
     def GetModelMetadata(self, request, context):
         servable = self._servable(request.model_spec, context)
         fields = set(request.metadata_field)
@@ -71,19 +96,57 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         response.metadata["signature_def"].Pack(signatures)
         return response
 
+    @answers_errors
+    def Classify(self, request, context):
+        raise UnimplementedError(f"Classify is not supported: {PREDICT_ONLY}")
+
+    @answers_errors
+    def Regress(self, request, context):
+        raise UnimplementedError(f"Regress is not supported: {PREDICT_ONLY}")
+
+    @answers_errors
+    def MultiInference(self, request, context):
+        raise UnimplementedError(f"MultiInference is not supported: {PREDICT_ONLY}")
+
     def _servable(self, spec, context) -> Servable:
         version = spec.version.value if spec.HasField("version") else None
-        label = spec.version_label or None
-        try:
-            return self.models.resolve(spec.name, version, label)
-        except ModelNotFoundError as error:
-            context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+        return self.models.resolve(spec.name, version, spec.version_label or None)
 
     def _check_signature(self, name: str, context) -> None:
         if name not in ("", SIGNATURE):
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"serving signature name {name!r} not found"
             )
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, models) -> None:
+        self.models = models
+
+    @answers_errors
+    def GetModelStatus(self, request, context):
+        return model_status_response(self.models, request)
+
+    @answers_errors
+    def HandleReloadConfigRequest(self, request, context):
+        raise UnimplementedError(f"HandleReloadConfigRequest is not supported: {RELOAD_INSTEAD}")
+
+
+def model_status_response(models, request) -> get_model_status_pb2.GetModelStatusResponse:
+    """TF Serving's GetModelStatus: all versions, or the one the spec's version or label names."""
+    if not request.HasField("model_spec"):
+        raise InvalidArgumentError("Missing ModelSpec")
+    spec = request.model_spec
+    version = spec.version.value if spec.HasField("version") else None
+    response = get_model_status_pb2.GetModelStatusResponse()
+    for status in models.version_status(spec.name, version, spec.version_label or None):
+        entry = response.model_version_status.add(
+            version=status.version, state=VERSION_STATE.Value(status.state)
+        )
+        entry.status.SetInParent()  # TF Serving always sends the status, even when OK
+        entry.status.error_code = ERROR_CODE.values_by_name[status.error_code].number
+        entry.status.error_message = status.error_message
+    return response
 
 
 def _machines(context, rows: int):
@@ -126,6 +189,7 @@ def start_grpc_server(models, port: int, workers: int = 4) -> grpc.Server:
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionService(models), server
     )
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(models), server)
     try:
         server.add_insecure_port(f"127.0.0.1:{port}")
     except RuntimeError:

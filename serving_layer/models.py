@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from prognos.core.errors import InvalidArgumentError, NotFoundError, PrognosError
 from prognos.core.registry import ModelRegistry, RegistryError, UnknownVersionError
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,26 @@ MachineRef = tuple[str, int]  # (machine id, cycle) a predict row was made for
 TrueRul = Callable[[str, int], "float | None"]
 
 
-class ModelNotFoundError(LookupError):
-    """No such model or version is servable."""
+class ModelNotFoundError(NotFoundError, LookupError):
+    """No such model, version or label is servable."""
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    """One version's state as TF Serving's GetModelStatus reports it (ModelVersionStatus)."""
+
+    version: int
+    state: str  # a ModelVersionStatus.State name: AVAILABLE, LOADING or END
+    error_code: str = "OK"  # a canonical code name, like TF Serving's StatusProto
+    error_message: str = ""
+
+    def to_dict(self) -> dict:
+        """The JSON of TF Serving's REST model status (version as a string, like int64s)."""
+        return {
+            "version": str(self.version),
+            "state": self.state,
+            "status": {"error_code": self.error_code, "error_message": self.error_message},
+        }
 
 
 @dataclass
@@ -163,6 +182,8 @@ class ModelServer:
         self.true_rul = true_rul or (lambda machine_id, cycle: None)
         self._random = random.Random(seed)
         self._loaded: dict[tuple[str, int], Servable] = {}
+        self._loading: set[tuple[str, int]] = set()
+        self._load_errors: dict[tuple[str, int], Exception] = {}  # the last failed load
         self._aliases: dict[str, dict] = {}
         self._shadow: dict[str, ShadowStats] = {}
         self._lock = threading.Lock()
@@ -191,11 +212,22 @@ class ModelServer:
         key = (name, version)
         with self._lock:
             found = self._loaded.get(key)
+            if found is None:
+                self._loading.add(key)
         if found is not None:
             return found
-        loaded = self.registry.load(name, version)
+        try:
+            loaded = self.registry.load(name, version)
+        except Exception as error:
+            with self._lock:
+                self._loading.discard(key)
+                if not isinstance(error, UnknownVersionError):  # only versions that exist
+                    self._load_errors[key] = error
+            raise
         servable = Servable(name, version, loaded.signature, loaded.metadata)
         with self._lock:
+            self._loading.discard(key)
+            self._load_errors.pop(key, None)
             self._loaded[key] = servable
         return servable
 
@@ -277,6 +309,54 @@ class ModelServer:
         """Block until queued shadow scoring is done (for tests and shutdown)."""
         self._shadow_pool.submit(lambda: None).result()
 
+    # ------------------------------------------------------------ status
+
+    def version_status(
+        self, name: str, version: int | None = None, label: str | None = None
+    ) -> list[VersionStatus]:
+        """TF Serving's GetModelStatus: every registry version of the model, or the one a
+        version or label names. A version is AVAILABLE while loaded, LOADING while its
+        SavedModel loads, else END (with the error of its last failed load, if any).
+        Unloading only drops a reference, so UNLOADING is never seen; a version is not
+        listed before its registry write completes, so START is never seen either."""
+        if not name:
+            raise InvalidArgumentError("Missing model name in request.")
+        versions = self._versions(name)
+        if not versions:
+            raise ModelNotFoundError(f"Could not find any versions of model {name[:64]}")
+        if label is not None:
+            version = self._label_version(name, label)
+        if version is not None:
+            if version not in versions:
+                raise ModelNotFoundError(f"Could not find version {version} of model {name}")
+            versions = [version]
+        return [self._status(name, v) for v in versions]
+
+    def _label_version(self, name: str, label: str) -> int:
+        if label not in ROLES:
+            raise ModelNotFoundError(
+                f"Could not find label {label[:64]!r} of model {name}: "
+                f"the labels are {', '.join(ROLES)}"
+            )
+        version = self._aliases.get(name, {}).get(label)
+        if version is None:
+            raise ModelNotFoundError(f"Could not find label {label!r} of model {name}: unset")
+        return int(version)
+
+    def _status(self, name: str, version: int) -> VersionStatus:
+        key = (name, version)
+        with self._lock:
+            if key in self._loading:
+                return VersionStatus(version, "LOADING")
+            if key in self._loaded:
+                return VersionStatus(version, "AVAILABLE")
+            error = self._load_errors.get(key)
+        if error is None:
+            return VersionStatus(version, "END")
+        if isinstance(error, PrognosError):
+            return VersionStatus(version, "END", error.grpc_code, error.one_line()[:500])
+        return VersionStatus(version, "END", "UNKNOWN", type(error).__name__)  # never internals
+
     # ------------------------------------------------------------ describing
 
     def models(self) -> list[dict]:
@@ -285,7 +365,7 @@ class ModelServer:
     def describe(self, name: str, brief: bool = False) -> dict:
         versions = self._versions(name)
         if not versions:
-            raise ModelNotFoundError(f"unknown model {name[:64]!r}")
+            raise ModelNotFoundError(f"Could not find any versions of model {name[:64]}")
         aliases = self.registry.aliases(name)
         loaded = self._aliases.get(name, {})
         info = {
@@ -306,12 +386,7 @@ class ModelServer:
         info["champion_history"] = aliases.get("champion_history", [])
         info["version_details"] = [self._version_info(name, v) for v in versions]
         info["model_version_status"] = [  # TF Serving's GET /v1/models/{name} shape
-            {
-                "version": str(v),
-                "state": "AVAILABLE" if v in loaded.values() else "END",
-                "status": {"error_code": "OK", "error_message": ""},
-            }
-            for v in versions
+            status.to_dict() for status in self.version_status(name)
         ]
         return info
 

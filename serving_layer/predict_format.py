@@ -16,8 +16,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from prognos.core.errors import InvalidArgumentError
 
-class PredictRequestError(ValueError):
+
+class PredictRequestError(InvalidArgumentError, ValueError):
     """The request body does not fit the predict format or the model's signature."""
 
 

@@ -1,5 +1,12 @@
 """Model routes: registry views (reader), TF Serving-compatible predict (operator),
-promote/rollback (admin, audited)."""
+promote/rollback (admin, audited).
+
+The TF Serving routes follow its REST API (tensorflow.org/tfx/serving/api_rest): model
+status at /v1/models/{name}[/versions/{v}|/labels/{label}], metadata under the same paths
+plus /metadata, and predict at the same paths plus :predict. Labels are the registry's
+aliases, champion and challenger. GET /v1/models/{name} adds prognos' registry view
+(versions, aliases, shadow comparison) beside TF Serving's `model_version_status`.
+"""
 
 from __future__ import annotations
 
@@ -78,6 +85,26 @@ def get_model(name: str, request: Request, _: Reader):
     return respond(info)
 
 
+@router.get(
+    "/{name}/versions/{version}", summary="Status of one version (TF Serving REST model status)"
+)
+def get_version_status(name: str, version: int, request: Request, _: Reader):
+    return respond(_status(request, name, version=version))
+
+
+@router.get(
+    "/{name}/labels/{label}",
+    summary="Status of the version a label names: champion or challenger (TF Serving REST)",
+)
+def get_label_status(name: str, label: str, request: Request, _: Reader):
+    return respond(_status(request, name, label=label))
+
+
+def _status(request: Request, name: str, version=None, label=None) -> dict:
+    statuses = request.app.state.models.version_status(name, version, label)
+    return {"model_version_status": [status.to_dict() for status in statuses]}
+
+
 @router.get("/{name}/metadata", summary="Signature of the champion (TF Serving REST metadata)")
 def get_metadata(name: str, request: Request, _: Reader):
     return respond(_metadata(request.app.state.models.resolve(name)))
@@ -91,12 +118,26 @@ def get_version_metadata(name: str, version: int, request: Request, _: Reader):
     return respond(_metadata(request.app.state.models.resolve(name, version)))
 
 
+@router.get(
+    "/{name}/labels/{label}/metadata",
+    summary="Signature of the version a label names (TF Serving REST metadata)",
+)
+def get_label_metadata(name: str, label: str, request: Request, _: Reader):
+    return respond(_metadata(request.app.state.models.resolve(name, label=label)))
+
+
 def _metadata(servable) -> dict:
+    """TF Serving's JSON of GetModelMetadataResponse: the SignatureDefMap unpacked from its
+    Any, proto field names kept and default values printed (http_rest_api_util.cc)."""
     from google.protobuf import json_format
 
     from serving_layer.grpc_service import signature_def
 
-    signature = json_format.MessageToDict(signature_def(servable))
+    signature = json_format.MessageToDict(
+        signature_def(servable),
+        preserving_proto_field_name=True,
+        always_print_fields_with_no_presence=True,
+    )
     return {
         "model_spec": {
             "name": servable.name,
@@ -142,12 +183,9 @@ async def _predict(request: Request, name: str, version: int | None):
         raise PredictRequestError("the request body is not valid JSON") from None
     models = request.app.state.models
     servable = models.resolve(name, version)
-    signature_name = (
-        body.get("signature_name", "serving_default")
-        if isinstance(body, dict)
-        else "serving_default"
-    )
-    if signature_name != "serving_default":
+    # like TF Serving, an absent or empty signature_name means the default signature
+    signature_name = body.get("signature_name") if isinstance(body, dict) else None
+    if signature_name not in (None, "", "serving_default"):
         raise PredictRequestError(f"serving signature name {signature_name!r} not found")
     inputs, row_format = parse_predict_request(body, servable.input_specs)
     machines = parse_machines(body, len(next(iter(inputs.values()))))

@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from prognos.core.errors import InvalidQueryError
 from serving_layer.merge import ALERT_LEVELS, Boundary, batch_states, latest_boundary, overlay_speed
 
 SORTS = ("rul", "-rul", "alert_level", "-alert_level", "machine_id", "-machine_id")
@@ -38,7 +39,7 @@ SERIES_EXCLUDED = {
 }
 
 
-class CursorError(ValueError):
+class CursorError(InvalidQueryError, ValueError):
     """A pagination cursor that this server did not issue (or for another sort)."""
 
 

@@ -8,18 +8,19 @@ import sys
 import click
 
 from prognos.core.errors import PrognosError
-from prognos.core.settings import SettingsError, get_settings
+from prognos.core.settings import get_settings
 
 
 class PrognosGroup(click.Group):
-    """Turns the project's own errors into one clear line and exit code 1."""
+    """Turns the project's own errors (settings errors too) into one line on stderr,
+    `error: <message>`, and the error class's exit code; no traceback."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (PrognosError, SettingsError) as error:
-            click.echo(f"error: {error}", err=True)
-            sys.exit(1)
+        except PrognosError as error:
+            click.echo(f"error: {error.one_line()}", err=True)
+            sys.exit(error.exit_code)
 
 
 @click.group(cls=PrognosGroup)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from prognos.core.errors import AliasConflictError, PrognosError
+from prognos.core.errors import AliasConflictError, FailedPreconditionError, NotFoundError
 from prognos.core.locks import exclusive
 from prognos.core.settings import PROJECT_ROOT
 
@@ -46,11 +46,11 @@ STAGING_PREFIX = ".staging-"
 VALIDATION_METRIC = ("validation", "rmse")
 
 
-class RegistryError(PrognosError):
+class RegistryError(FailedPreconditionError):
     """A registry operation could not be done."""
 
 
-class UnknownVersionError(RegistryError):
+class UnknownVersionError(NotFoundError, RegistryError):
     """The model or version does not exist in the registry."""
 
 

@@ -17,13 +17,11 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from prognos.core.errors import SettingsError
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 Port = Annotated[int, Field(ge=1, le=65535)]
-
-
-class SettingsError(ValueError):
-    """A setting has an invalid value."""
 
 
 class Settings(BaseSettings):

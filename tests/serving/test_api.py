@@ -123,7 +123,7 @@ def test_fleet_history_alerts_summary(served):
         ),
         ("/v1/machines/m2/history", {"from": "yesterday"}, 422, "from"),
         ("/v1/alerts", {"since": "2026-01-01T00:00:00"}, 422, "timezone"),
-        ("/v1/models/unknown", {}, 404, "unknown model"),
+        ("/v1/models/unknown", {}, 404, "Could not find any versions of model unknown"),
     ],
 )
 def test_bad_parameters_give_clear_json_errors(served, path, params, status, message):
@@ -418,6 +418,9 @@ ROUTES = [
     ("GET", "/metrics", None, "reader"),
     ("GET", f"/v1/models/{MODEL}/metadata", None, "reader"),
     ("GET", f"/v1/models/{MODEL}/versions/2/metadata", None, "reader"),
+    ("GET", f"/v1/models/{MODEL}/versions/2", None, "reader"),
+    ("GET", f"/v1/models/{MODEL}/labels/champion", None, "reader"),
+    ("GET", f"/v1/models/{MODEL}/labels/champion/metadata", None, "reader"),
     ("POST", f"/v1/models/{MODEL}:predict", {"instances": [[[0.0] * 3] * 4]}, "operator"),
     ("POST", f"/v1/models/{MODEL}/versions/1:predict", {"inputs": [[[0.0] * 3] * 4]}, "operator"),
     (
