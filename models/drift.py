@@ -22,6 +22,7 @@ import pandas as pd
 from prognos.core import lake
 from prognos.core.data import SUBSETS
 from prognos.core.errors import PrognosError
+from prognos.core.locks import lake_lock
 from prognos.core.registry import FilesystemRegistry, ModelRegistry
 from prognos.core.settings import Settings, get_settings
 from prognos.core.tables import get_table, is_delta_table, table_path
@@ -293,8 +294,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="default: the serving model setting")
     args = parser.parse_args(argv)
     run_id = args.run_id or f"manual__{datetime.now(UTC).isoformat()}"
+    settings = get_settings()
     try:
-        result = measure_drift(get_settings(), run_id, model=args.model)
+        with lake_lock(settings, f"drift {run_id}"):  # reads gold, writes drift_report
+            result = measure_drift(settings, run_id, model=args.model)
     except PrognosError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

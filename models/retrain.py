@@ -21,10 +21,13 @@ from models.config import TrainConfig
 from models.dataset import FeatureFrames, check_trainable, training_frame
 from prognos.core.errors import PrognosError
 from prognos.core.features import FAILS_WITHIN_H, RUL_TARGET, ConditionModel
+from prognos.core.locks import lake_lock
 from prognos.core.registry import FilesystemRegistry
 from prognos.core.settings import Settings, get_settings
 
 STEPS = ("build_dataset", "train", "evaluate", "register", "bless")
+# the steps that read the lake (gold) hold its lock, like every job of the lake
+LAKE_STEPS = ("build_dataset",)
 MODEL_FILE = "model.keras"
 
 
@@ -179,6 +182,9 @@ def run_step(step: str, settings: Settings, run_id: str) -> dict:
     }
     if step not in steps:
         raise RetrainError(f"unknown retrain step {step!r}: expected one of {STEPS}")
+    if step in LAKE_STEPS:
+        with lake_lock(settings, f"retrain {step} {run_id}"):
+            return steps[step](settings, run_id)
     return steps[step](settings, run_id)
 
 

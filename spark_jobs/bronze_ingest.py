@@ -41,11 +41,12 @@ def main(argv=None) -> None:
     )
     args = parser.parse_args(argv)
     settings = get_settings()
-    spark = common.session("bronze-ingest", settings)
-    run_id, result = common.run_id_of(args), ingest(spark, settings, args.trigger)
-    outputs = {"bronze": result["bronze_version"]}
-    logs.lineage("bronze_ingest", run_id, {f"kafka:{settings.topic_readings}": None}, outputs)
-    common.report({"run_id": run_id, **result})
+    with common.lake_job("bronze_ingest", args, settings):
+        spark = common.session("bronze-ingest", settings)
+        run_id, result = common.run_id_of(args), ingest(spark, settings, args.trigger)
+        outputs = {"bronze": result["bronze_version"]}
+        logs.lineage("bronze_ingest", run_id, {f"kafka:{settings.topic_readings}": None}, outputs)
+        common.report({"run_id": run_id, **result})
 
 
 if __name__ == "__main__":

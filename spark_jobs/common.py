@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from datetime import UTC, datetime
@@ -37,6 +38,24 @@ def logical_date_of(args) -> datetime:
         return datetime.now(UTC).replace(microsecond=0)
     moment = datetime.fromisoformat(args.logical_date.replace("Z", "+00:00"))
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@contextlib.contextmanager
+def lake_job(job: str, args, settings: Settings):
+    """Hold the lake's lock for the whole job, Spark session included: the jobs of one lake
+    never run concurrently, whether Airflow or a plain spark-submit started them. A job
+    that waited longer than PROGNOS_LAKE_LOCK_TIMEOUT_S exits with one line naming the
+    job that holds the lake."""
+    from prognos.core.errors import LakeBusyError
+    from prognos.core.locks import lake_lock
+
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(lake_lock(settings, f"{job} {run_id_of(args)}"))
+        except LakeBusyError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(getattr(error, "exit_code", 1))
+        yield
 
 
 def session(app_name: str, settings: Settings | None = None):

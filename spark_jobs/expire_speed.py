@@ -20,14 +20,15 @@ def main(argv=None) -> None:
 
     args = common.job_parser(__doc__.splitlines()[0]).parse_args(argv)
     settings = get_settings()
-    spark = common.session("expire-speed", settings)
-    run_id, result = common.run_id_of(args), expire(spark, settings)
-    inputs, outputs = (
-        logs.versions(settings, "batch_manifest"),
-        logs.versions(settings, "speed_view"),
-    )
-    logs.lineage("expire_speed", run_id, inputs, outputs, settings)
-    common.report({"run_id": run_id, **result})
+    with common.lake_job("expire_speed", args, settings):
+        spark = common.session("expire-speed", settings)
+        run_id, result = common.run_id_of(args), expire(spark, settings)
+        inputs, outputs = (
+            logs.versions(settings, "batch_manifest"),
+            logs.versions(settings, "speed_view"),
+        )
+        logs.lineage("expire_speed", run_id, inputs, outputs, settings)
+        common.report({"run_id": run_id, **result})
 
 
 if __name__ == "__main__":

@@ -205,9 +205,10 @@ def main(argv=None) -> None:
 
     args = common.job_parser(__doc__.splitlines()[0]).parse_args(argv)
     settings = get_settings()
-    spark = common.session("gold", settings)
-    run_id = common.run_id_of(args)
-    common.report({"run_id": run_id, **build(spark, settings, run_id)})
+    with common.lake_job("gold", args, settings):
+        spark = common.session("gold", settings)
+        run_id = common.run_id_of(args)
+        common.report({"run_id": run_id, **build(spark, settings, run_id)})
 
 
 if __name__ == "__main__":

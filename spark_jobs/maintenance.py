@@ -56,14 +56,15 @@ def main(argv=None) -> None:
     )
     args = parser.parse_args(argv)
     settings = get_settings()
-    if args.step == "checkpoints":
-        common.report(cleanup(settings, args.keep_latest))
-        return
-    spark = common.session(f"maintenance-{args.step}", settings)
-    if args.step == "compact":
-        common.report(compact_all(spark, settings))
-    else:
-        common.report(vacuum_all(spark, settings, args.retention_hours))
+    with common.lake_job(f"maintenance {args.step}", args, settings):
+        if args.step == "checkpoints":
+            common.report(cleanup(settings, args.keep_latest))
+            return
+        spark = common.session(f"maintenance-{args.step}", settings)
+        if args.step == "compact":
+            common.report(compact_all(spark, settings))
+        else:
+            common.report(vacuum_all(spark, settings, args.retention_hours))
 
 
 if __name__ == "__main__":

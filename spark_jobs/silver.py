@@ -297,14 +297,15 @@ def main(argv=None) -> None:
 
     args = common.job_parser(__doc__.splitlines()[0]).parse_args(argv)
     settings = get_settings()
-    spark = common.session("silver", settings)
-    try:
-        common.report(
-            {"run_id": common.run_id_of(args), **run(spark, settings, common.run_id_of(args))}
-        )
-    except GateFailedError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+    with common.lake_job("silver", args, settings):
+        spark = common.session("silver", settings)
+        try:
+            common.report(
+                {"run_id": common.run_id_of(args), **run(spark, settings, common.run_id_of(args))}
+            )
+        except GateFailedError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(1)
 
 
 if __name__ == "__main__":

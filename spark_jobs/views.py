@@ -239,10 +239,12 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = common.job_parser(__doc__.splitlines()[0]).parse_args(argv)
     settings = get_settings()
-    spark = common.session("views", settings)
-    interval = common.interval_id_of(args)
-    built = build(spark, settings, interval, common.logical_date_of(args), common.run_id_of(args))
-    common.report({"run_id": common.run_id_of(args), **built})
+    with common.lake_job("views", args, settings):
+        spark = common.session("views", settings)
+        interval = common.interval_id_of(args)
+        logical_date, run_id = common.logical_date_of(args), common.run_id_of(args)
+        built = build(spark, settings, interval, logical_date, run_id)
+        common.report({"run_id": run_id, **built})
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import fcntl
 import json
 import os
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -24,6 +23,7 @@ from prognos.core.errors import LakeBusyError, PrognosError
 from prognos.core.settings import Settings
 
 LAKE_LOCK_FILE = "_prognos_lake.lock"
+LAKE_HISTORY_FILE = "_prognos_lake.history"
 MAX_POLL_S = 0.5
 
 
@@ -67,21 +67,34 @@ def lake_lock_path(settings: Settings) -> Path:
 def lake_lock(settings: Settings, job: str, timeout_s: float | None = None) -> Iterator[dict]:
     """The lock every job that reads or writes the lake holds while it runs: the jobs of
     one lake never run concurrently, whichever DAG (or plain spark-submit) started them.
-    Taking and releasing it is logged on stderr (the job's stdout is its report)."""
+
+    Each holder appends to the lake's lock history (one JSON line each) when it took the
+    lock, after how long a wait, and when it released it. The job's output stays its own
+    (its last line is its report)."""
     timeout = settings.lake_lock_timeout_s if timeout_s is None else timeout_s
     asked = time.monotonic()
     with exclusive(lake_lock_path(settings), job, timeout, LakeBusyError) as record:
         waited = round(time.monotonic() - asked, 3)
-        _log_lake_lock("acquired", record, waited_s=waited)
+        _append_history(settings, "acquired", record, waited_s=waited)
         try:
             yield record
         finally:
-            _log_lake_lock("released", record)
+            _append_history(settings, "released", record)
 
 
-def _log_lake_lock(event: str, record: dict, **extra) -> None:
-    line = {"lake_lock": event, **record, "at": datetime.now(UTC).isoformat(), **extra}
-    print(json.dumps(line), file=sys.stderr, flush=True)
+def lake_lock_history(settings: Settings) -> list[dict]:
+    """Who took and released the lake's lock, oldest first."""
+    path = settings.lake / LAKE_HISTORY_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _append_history(settings: Settings, event: str, record: dict, **extra) -> None:
+    line = {"event": event, **record, "at": datetime.now(UTC).isoformat(), **extra}
+    # only the lock's holder appends, so lines never interleave
+    with open(settings.lake / LAKE_HISTORY_FILE, "a") as history:
+        history.write(json.dumps(line) + "\n")
 
 
 def _acquire(
