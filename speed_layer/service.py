@@ -1,22 +1,20 @@
-"""Run the speed layer as a background `spark-submit` with a PID file (start/stop/status)."""
+"""Run the speed layer as a background `spark-submit`, a supervised process (start/stop/status)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from prognos.core import supervisor
 from prognos.core.errors import PrognosError, SetupMissingError
 from prognos.core.settings import PROJECT_ROOT, Settings, settings_env
 from prognos.core.spark import spark_conf
 
 STREAM_SCRIPT = PROJECT_ROOT / "speed_layer" / "stream.py"
+SPEED_MARKER = str(STREAM_SCRIPT).encode()  # on spark-submit's command line, then the JVM's
 
 
 @dataclass(frozen=True)
@@ -51,34 +49,12 @@ def submit_command(settings: Settings, trigger: str | None = None) -> list[str]:
     return command
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of this process counts as dead
-        waited, _ = os.waitpid(pid, os.WNOHANG)
-        return waited == 0
-    except ChildProcessError:
-        return True
-
-
-def _read_pid(settings: Settings) -> int | None:
-    pid_file, _ = _paths(settings)
-    try:
-        return int(pid_file.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-
-
 def status(settings: Settings) -> SpeedStatus:
-    pid = _read_pid(settings)
-    _, log = _paths(settings)
+    pid_file, log = _paths(settings)
+    pid = supervisor.read_pid(pid_file)
     if pid is None:
         return SpeedStatus(False, None, log, "not running")
-    if not _alive(pid):
+    if not supervisor.is_alive(pid_file, SPEED_MARKER):
         return SpeedStatus(False, pid, log, f"not running (stale PID file, pid {pid} gone)")
     return SpeedStatus(True, pid, log, f"running, pid {pid}")
 
@@ -89,52 +65,30 @@ def start(settings: Settings, trigger: str | None = None) -> SpeedStatus:
     if current.running:
         raise PrognosError(f"speed layer already running (pid {current.pid})")
     pid_file, log = _paths(settings)
-    pid_file.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **settings_env(settings)}
     env.setdefault("PYSPARK_PYTHON", sys.executable)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with open(log, "ab") as output:
-        process = subprocess.Popen(
-            submit_command(settings, trigger),
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    pid_file.write_text(f"{process.pid}\n")
-    return SpeedStatus(True, process.pid, log, f"started, pid {process.pid}")
+    spec = supervisor.ProcessSpec(
+        name="speed layer",
+        command=submit_command(settings, trigger),
+        pid_file=pid_file,
+        log_file=log,
+        env=env,
+        cwd=PROJECT_ROOT,
+        marker=SPEED_MARKER,
+    )
+    pid = supervisor.start(spec)
+    return SpeedStatus(True, pid, log, f"started, pid {pid}")
 
 
 def stop(settings: Settings, timeout_s: float = 30.0) -> bool:
-    """SIGTERM the process group started by `start`, SIGKILL after timeout_s."""
+    """SIGTERM the process group started by `start`, SIGKILL it after timeout_s (and
+    whatever of its process tree left the group)."""
     pid_file, _ = _paths(settings)
-    pid = _read_pid(settings)
-    if pid is None or not _alive(pid):
-        pid_file.unlink(missing_ok=True)
-        return False
-    _signal_group(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if _alive(pid):
-        _signal_group(pid, signal.SIGKILL)
-        while _alive(pid):
-            time.sleep(0.1)
-    pid_file.unlink(missing_ok=True)
-    return True
+    return supervisor.stop(pid_file, timeout_s, marker=SPEED_MARKER)
 
 
 def kill(settings: Settings) -> None:
-    """SIGKILL the process group at once (crash tests)."""
-    pid = _read_pid(settings)
-    if pid is not None and _alive(pid):
-        _signal_group(pid, signal.SIGKILL)
-        while _alive(pid):
-            time.sleep(0.1)
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, sig)  # the group start() created (start_new_session: pgid == pid)
+    """SIGKILL the process group at once (crash tests); the PID file stays, as after a crash."""
+    pid_file, _ = _paths(settings)
+    supervisor.kill(pid_file, SPEED_MARKER)
