@@ -1,10 +1,10 @@
 """Processes the `prognos` command starts: foreground steps and background services.
 
 Every child runs in its own process group (session), so stopping it stops what it spawned
-(spark-submit's JVM and Python workers, Airflow's task runners). Background services have a
-PID file under `<run_dir>/<name>/` (and a log beside it); every PID started is also appended
-to `<run_dir>/started.pids` so a caller can check afterwards that none is left alive.
-`prognos down` stops them by PID.
+(spark-submit's JVM and Python workers, Airflow's task runners). Background services are
+supervised processes (prognos.core.supervisor) with a PID file under `<run_dir>/<name>/` (and
+a log beside it); every PID started is also appended to `<run_dir>/started.pids` so a caller
+can check afterwards that none is left alive. `prognos down` stops them by PID.
 """
 
 from __future__ import annotations
@@ -21,10 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from prognos.core import supervisor
 from prognos.core.errors import PrognosError
 from prognos.core.settings import PROJECT_ROOT, Settings, settings_env
 
 STOP_GRACE_S = 30.0
+STEP_STOP_GRACE_S = 10.0
 # TensorFlow's C++ log lines (absl): kept in the log, not shown
 NATIVE_LOG_LINE = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl)")
 
@@ -42,13 +44,26 @@ class Service:
     """A background process known by name: PID file and log under the run dir."""
 
     name: str
-    marker: bytes  # a part of its command line, so a reused PID is never signalled
+    marker: bytes  # in its command line or environment, so a reused PID is never signalled
 
     def pid_file(self, settings: Settings) -> Path:
         return settings.run_dir / self.name / f"{self.name}.pid"
 
     def log(self, settings: Settings) -> Path:
         return settings.run_dir / self.name / f"{self.name}.log"
+
+    def spec(
+        self, settings: Settings, command: list[str], env: dict[str, str]
+    ) -> supervisor.ProcessSpec:
+        return supervisor.ProcessSpec(
+            name=self.name,
+            command=command,
+            pid_file=self.pid_file(settings),
+            log_file=self.log(settings),
+            env=env,
+            cwd=PROJECT_ROOT,
+            marker=self.marker,
+        )
 
 
 SERVE = Service("serve", b"prognos.cli.main")
@@ -76,116 +91,35 @@ def record_started(settings: Settings, name: str, pid: int) -> None:
 
 
 def alive(pid: int, marker: bytes = b"") -> bool:
-    """True while the process runs (not a zombie) and its command line holds `marker`."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z" and marker in cmdline
+    """True while the process runs (not a zombie) and holds `marker`."""
+    return supervisor.pid_alive(pid, marker)
 
 
 def child_exited(pid: int) -> bool:
-    """True once a child this process started has ended. (Its command line is not checked:
-    while the child execs, /proc shows it empty, which `alive(pid, marker)` reads as gone.)"""
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:  # reaped already, or not our child
-        return not alive(pid)
-    return done == pid
-
-
-def stop_group(
-    pid: int, grace_s: float = STOP_GRACE_S, marker: bytes = b"", leftovers: bool = False
-) -> bool:
-    """SIGTERM the process group led by `pid`, SIGKILL it after grace_s; True if it ran.
-    leftovers: also SIGKILL the group when its leader has exited (only for a child the
-    caller still holds, whose PID cannot have been reused)."""
-    if not alive(pid, marker):
-        if leftovers:
-            _signal_group(pid, signal.SIGKILL)
-        return False
-    _signal_group(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while alive(pid) and time.monotonic() < deadline:
-        _reap(pid)
-        time.sleep(0.2)
-    _signal_group(pid, signal.SIGKILL)
-    while alive(pid):
-        _reap(pid)
-        time.sleep(0.1)
-    return True
+    """True once a child this process started has ended."""
+    return supervisor.has_exited(pid)
 
 
 def descendants(pid: int) -> list[int]:
     """The PIDs below `pid` in the process tree (children first)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(entry.name))
-    found, queue = [], list(children.get(pid, []))
-    while queue:
-        child = queue.pop(0)
-        found.append(child)
-        queue.extend(children.get(child, []))
-    return found
+    return supervisor.descendants(pid)
 
 
 def processes_of_state_dir(state_dir: Path | str, command_marker: bytes = b"") -> list[int]:
     """Live processes whose environment names this state dir (children inherit it) and
     whose command line contains `command_marker`: never another lake's processes."""
-    mine = f"PROGNOS_STATE_DIR={state_dir}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if command_marker in (entry / "cmdline").read_bytes() and mine in (
-                entry / "environ"
-            ).read_bytes().split(b"\0"):
-                found.append(int(entry.name))
-        except OSError:  # ended meanwhile, or not ours to read
-            continue
-    return found
-
-
-def stop_tree(pid: int, stop: Callable[[], object]) -> None:
-    """Run `stop` (which stops the process group of `pid`), then SIGKILL whatever of the
-    tree below `pid` escaped into a group of its own (Airflow's task runners do)."""
-    tree = descendants(pid)
-    try:
-        stop()
-    finally:
-        for child in tree:
-            if alive(child):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(child, signal.SIGKILL)
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-
-
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
+    return supervisor.find_processes(f"PROGNOS_STATE_DIR={state_dir}".encode(), command_marker)
 
 
 def read_pid(settings: Settings, service: Service) -> int | None:
-    try:
-        return int(service.pid_file(settings).read_text().strip())
-    except (OSError, ValueError):
-        return None
+    return supervisor.read_pid(service.pid_file(settings))
 
 
 def running_pid(settings: Settings, service: Service) -> int | None:
+    """The PID of the running service; None (and a stale PID file removed) otherwise."""
     pid = read_pid(settings, service)
-    return pid if pid is not None and alive(pid, service.marker) else None
+    alive = pid is not None and supervisor.is_alive(service.pid_file(settings), service.marker)
+    return pid if alive else None
 
 
 def start_service(
@@ -194,32 +128,15 @@ def start_service(
     """Start `command` in the background in its own session; write its PID file."""
     if (pid := running_pid(settings, service)) is not None:
         raise PrognosError(f"{service.name} already running (pid {pid}): `prognos down` first")
-    log = service.log(settings)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as output:
-        process = subprocess.Popen(
-            command,
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    service.pid_file(settings).write_text(f"{process.pid}\n")
-    record_started(settings, service.name, process.pid)
-    return process.pid
+    pid = supervisor.start(service.spec(settings, command, env))
+    record_started(settings, service.name, pid)
+    return pid
 
 
 def stop_service(settings: Settings, service: Service, grace_s: float = STOP_GRACE_S) -> bool:
-    """Stop a background service by its PID file; True if it was running."""
-    pid = read_pid(settings, service)
-    if pid is None or not alive(pid, service.marker):
-        service.pid_file(settings).unlink(missing_ok=True)
-        return False
-    stop_tree(pid, lambda: stop_group(pid, grace_s, service.marker))
-    service.pid_file(settings).unlink(missing_ok=True)
-    return True
+    """Stop a background service by its PID file (with what of its process tree left its
+    group); True if it was running."""
+    return supervisor.stop(service.pid_file(settings), grace_s, marker=service.marker)
 
 
 def run_step_child(
@@ -256,7 +173,7 @@ def run_step_child(
         except subprocess.TimeoutExpired:
             raise DeadlineExpiredError(f"{name} was still running at the deadline") from None
         finally:
-            stop_tree(process.pid, lambda: stop_group(process.pid, 10.0, leftovers=True))
+            supervisor.stop_pid(process.pid, STEP_STOP_GRACE_S, leftovers=True)
             process.poll()
             if pump is not None:
                 pump.join(timeout=5)
@@ -277,8 +194,7 @@ def claim_run(settings: Settings) -> None:
     """Write the PID file of this `prognos run` (one at a time per state dir)."""
     if (pid := running_pid(settings, RUN)) is not None:
         raise PrognosError(f"prognos run is already running (pid {pid}): `prognos down` stops it")
-    RUN.pid_file(settings).parent.mkdir(parents=True, exist_ok=True)
-    RUN.pid_file(settings).write_text(f"{os.getpid()}\n")
+    supervisor.write_pid(RUN.pid_file(settings), os.getpid())
 
 
 def release_run(settings: Settings) -> None:
@@ -294,9 +210,9 @@ def stop_run(settings: Settings, timeout_s: float = 120.0) -> bool:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)  # not its group: that is the user's terminal's
     deadline = time.monotonic() + timeout_s
-    while alive(pid, RUN.marker) and time.monotonic() < deadline:
+    while supervisor.pid_alive(pid, RUN.marker) and time.monotonic() < deadline:
         time.sleep(0.2)
-    if alive(pid, RUN.marker):
+    if supervisor.pid_alive(pid, RUN.marker):
         os.kill(pid, signal.SIGKILL)
     RUN.pid_file(settings).unlink(missing_ok=True)
     return True
@@ -352,11 +268,7 @@ def stop_all(settings: Settings) -> list[str]:
 
 
 def stop_speed(settings: Settings) -> bool:
-    """`prognos speed stop`, plus whatever of its process tree left the group."""
+    """`prognos speed stop` (which also stops what of its process tree left the group)."""
     from speed_layer import service as speed
 
-    state = speed.status(settings)
-    if not state.running:
-        return speed.stop(settings)
-    stop_tree(state.pid, lambda: speed.stop(settings))
-    return True
+    return speed.stop(settings)
