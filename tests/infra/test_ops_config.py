@@ -4,6 +4,7 @@ every metric the dashboard queries is exported by the code."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import xml.etree.ElementTree as ET
@@ -57,6 +58,41 @@ def option(command: list[str], name: str) -> str:
     return command[command.index(name) + 1]
 
 
+KAFKA_NODES = ("kafka-1", "kafka-2", "kafka-3")
+CLUSTER = load_settings(state_dir=Path("/tmp/unused"), kafka_cluster_size=len(KAFKA_NODES))
+
+
+def assert_kraft_node_layout(envs: list[dict], hosts: list[str]) -> None:
+    """Envs of KRaft nodes (apache/kafka image variables, host names unresolved): combined
+    roles, ids 1..N, one cluster id, a static voter set naming every node's controller,
+    each advertising itself, replication as prognos' cluster settings say."""
+    assert [int(env["KAFKA_NODE_ID"]) for env in envs] == list(range(1, len(hosts) + 1))
+    controller = DEFAULTS.kafka_controller_port
+    voters = ",".join(f"{i}@{host}:{controller}" for i, host in enumerate(hosts, 1))
+    _, _, broker_port = DEFAULTS.kafka_bootstrap_servers.rpartition(":")
+    for env, host in zip(envs, hosts, strict=True):
+        assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+        assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == voters
+        assert f"CONTROLLER://:{controller}" in env["KAFKA_LISTENERS"]
+        assert f"PLAINTEXT://:{broker_port}" in env["KAFKA_LISTENERS"]
+        if "KAFKA_ADVERTISED_LISTENERS" in env:
+            assert env["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://{host}:{broker_port}"
+        for name in ("KAFKA_DEFAULT_REPLICATION_FACTOR", "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
+                     "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"):  # fmt: skip
+            assert int(env[name]) == CLUSTER.topic_replication_factor == 3, name
+        for name in ("KAFKA_MIN_INSYNC_REPLICAS", "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"):
+            assert int(env[name]) == CLUSTER.topic_min_insync_replicas == 2, name
+        assert str(env["KAFKA_UNCLEAN_LEADER_ELECTION_ENABLE"]) == "false"
+    (cluster_id,) = {env["CLUSTER_ID"] for env in envs}
+    assert len(base64.urlsafe_b64decode(cluster_id + "==")) == 16  # a KRaft cluster id
+
+
+def assert_cluster_settings(settings: Settings, brokers: list[str]) -> None:
+    assert settings.kafka_bootstrap_servers.split(",") == brokers
+    assert settings.kafka_cluster_size == len(brokers)
+    assert (settings.topic_replication_factor, settings.topic_min_insync_replicas) == (3, 2)
+
+
 # --- compose -----------------------------------------------------------------------------
 
 
@@ -67,7 +103,7 @@ def compose() -> dict:
 
 
 def test_compose_has_every_part(compose):
-    wanted = {*PROGNOS_SERVICES, "kafka", "pushgateway", "prometheus", "grafana"}
+    wanted = {*PROGNOS_SERVICES, *KAFKA_NODES, "pushgateway", "prometheus", "grafana"}
     assert wanted <= set(compose)
     dockerfile = INFRA / "docker" / "Dockerfile"
     assert dockerfile.exists() and "requirements.lock" in dockerfile.read_text()
@@ -76,21 +112,26 @@ def test_compose_has_every_part(compose):
         assert compose[name]["build"]["dockerfile"] == "infra/docker/Dockerfile"
 
 
-def test_compose_kafka_is_kraft_at_the_projects_kafka_version(compose):
-    kafka = compose["kafka"]
-    assert kafka["image"] == f"apache/kafka:{kafka_version()}"
-    env = kafka["environment"]
-    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
-    _, _, port = DEFAULTS.kafka_bootstrap_servers.rpartition(":")
-    assert f"PLAINTEXT://:{port}" in env["KAFKA_LISTENERS"]
-    assert f"CONTROLLER://:{DEFAULTS.kafka_controller_port}" in env["KAFKA_LISTENERS"]
+def test_compose_kafka_is_a_three_node_kraft_cluster_at_the_projects_version(compose):
+    nodes = [compose[name] for name in KAFKA_NODES]
+    assert {node["image"] for node in nodes} == {f"apache/kafka:{kafka_version()}"}
+    assert [node["hostname"] for node in nodes] == list(KAFKA_NODES)
+    assert_kraft_node_layout([node["environment"] for node in nodes], list(KAFKA_NODES))
+    assert len({volume for node in nodes for volume in node["volumes"]}) == len(nodes)
+    topics = compose["topics"]["depends_on"]
+    assert {name: topics[name]["condition"] for name in KAFKA_NODES} == dict.fromkeys(
+        KAFKA_NODES, "service_healthy"
+    )
 
 
 def test_compose_environment_names_settings_with_valid_values(compose):
+    brokers = [compose[name]["environment"]["KAFKA_ADVERTISED_LISTENERS"] for name in KAFKA_NODES]
+    brokers = [listener.removeprefix("PLAINTEXT://") for listener in brokers]
     for name in PROGNOS_SERVICES:
         settings = assert_valid_settings(compose[name]["environment"])
-        assert settings.kafka_bootstrap_servers == "kafka:9092"
+        assert_cluster_settings(settings, brokers)
         assert settings.spark_master == f"spark://spark-master:{DEFAULTS.spark_cluster_port}"
+        assert settings.topic_readings_partitions > DEFAULTS.topic_readings_partitions
 
 
 def test_compose_ports_equal_the_settings_defaults(compose):
@@ -178,6 +219,45 @@ def test_k8s_speed_layer_is_spark_submit_to_kubernetes(k8s):
     assert settings.spark_master == option(command, "--master")
     metrics = k8s[("Service", "prognos-speed-metrics")]
     assert metrics["spec"]["ports"][0]["port"] == DEFAULTS.speed_metrics_port
+
+
+def test_k8s_kafka_is_a_three_node_kraft_statefulset_the_settings_name(k8s):
+    service = k8s[("Service", "prognos-kafka")]
+    assert service["spec"]["clusterIP"] == "None"  # headless: a stable name per pod
+    statefulset = k8s[("StatefulSet", "prognos-kafka")]
+    spec = statefulset["spec"]
+    assert spec["serviceName"] == "prognos-kafka" and spec["replicas"] == 3
+    hosts = [f"prognos-kafka-{ordinal}.prognos-kafka" for ordinal in range(spec["replicas"])]
+    (container,) = spec["template"]["spec"]["containers"]
+    assert container["image"] == f"apache/kafka:{kafka_version()}"
+    env = {item["name"]: item["value"] for item in container["env"]}
+    script = container["command"][-1]  # the node id and listener come from the pod name
+    assert "KAFKA_NODE_ID=$(( ${HOSTNAME##*-} + 1 ))" in script
+    assert "PLAINTEXT://${HOSTNAME}.prognos-kafka:9092" in script
+    envs = [{**env, "KAFKA_NODE_ID": str(node_id)} for node_id in range(1, len(hosts) + 1)]
+    assert_kraft_node_layout(envs, hosts)
+    budget = k8s[("PodDisruptionBudget", "prognos-kafka")]["spec"]
+    assert budget["maxUnavailable"] == CLUSTER.topic_replication_factor - (
+        CLUSTER.topic_min_insync_replicas
+    )
+    configmap = k8s[("ConfigMap", "prognos-settings")]["data"]
+    assert_cluster_settings(assert_valid_settings(configmap), [f"{h}:9092" for h in hosts])
+
+
+def test_k8s_speed_driver_gets_the_cluster_settings_and_tasks_match_partitions(k8s):
+    (container,) = k8s[("Job", "prognos-speed-layer")]["spec"]["template"]["spec"]["containers"]
+    command = container["command"]
+    confs = dict(c.split("=", 1) for c in command if "=" in c and c.startswith("spark."))
+    prefix = "spark.kubernetes.driverEnv."
+    driver_env = {k.removeprefix(prefix): v for k, v in confs.items() if k.startswith(prefix)}
+    submit_env = container_env(container, k8s)
+    for name in ("KAFKA_BOOTSTRAP_SERVERS", "PROGNOS_KAFKA_CLUSTER_SIZE",
+                 "PROGNOS_SPEED_STATE_PARTITIONS", "PROGNOS_STATE_DIR"):  # fmt: skip
+        assert driver_env[name] == submit_env[name], name
+    driver = assert_valid_settings(driver_env)
+    tasks = int(confs["spark.executor.instances"]) * int(confs["spark.executor.cores"])
+    settings = assert_valid_settings(submit_env)
+    assert tasks == settings.topic_readings_partitions == driver.speed_state_partitions
 
 
 def test_airflow_helm_values_use_the_prognos_image_and_settings():
