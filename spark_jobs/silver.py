@@ -1,7 +1,8 @@
 """Silver: bronze rows new since the last run -> validated, deduplicated silver.
 
 Progress is an availableNow stream over bronze with its own checkpoint, each micro-batch
-handled by `process_batch`: Great Expectations (prognos.core.quality) on pandas per
+handled by `process_batch`: Great Expectations (prognos.core.quality, the suite generated
+from the fleet's event contract, the rules the speed layer applies) on pandas per
 partition; rows failing any rule, and duplicates of a (machine_id, cycle) already kept,
 go to quarantine with every reason and their Kafka coordinates; the rest is MERGEd
 (insert-only) into silver. Every write carries txnAppId/txnVersion, so a replayed batch
@@ -42,23 +43,24 @@ def validated_schema():
     return StructType(fields)
 
 
-def validate_partitions(now_epoch: float, ranges: dict, tolerance_s: float):
-    """A mapInPandas function: parse and validate each bronze row with the GE suite."""
+def validate_partitions(now_epoch: float, contract, tolerance_s: float):
+    """A mapInPandas function: validate each bronze row with the GE suite of the
+    fleet's event contract (prognos.domain.events)."""
 
     def validate(batches):
         from prognos.core import quality
 
-        rules = quality.build_rules(ranges, now_epoch, tolerance_s)
+        rules = quality.build_rules(None, now_epoch, tolerance_s, contract)
         for bronze in batches:
-            yield _validated_frame(bronze, quality, rules)
+            yield _validated_frame(bronze, quality, rules, contract)
 
     return validate
 
 
-def _validated_frame(bronze, quality, rules):
+def _validated_frame(bronze, quality, rules, contract):
     import pandas as pd
 
-    flat = quality.flatten_payloads(bronze["value"])
+    flat = quality.flatten_payloads(bronze["value"], contract)
     outcome = quality.validate_events(flat, rules)
     out = bronze[["key", "value", "topic", "partition", "offset", "ingest_time"]].reset_index(
         drop=True
@@ -68,10 +70,10 @@ def _validated_frame(bronze, quality, rules):
     out["cycle"] = pd.array(flat["cycle__num"].where(valid), dtype="Int32")
     micros = (flat[quality.EVENT_EPOCH].where(valid) * 1e6).round()  # Spark keeps microseconds
     out["event_time"] = pd.to_datetime(micros, unit="us", utc=True)
-    for name in quality.NUMERIC_FIELDS:
+    for name in contract.reading_names:
         out[name] = flat[f"{name}__num"].where(valid)
     out["source"] = flat["source"].where(valid, None).astype(object)
-    out["schema_version"] = pd.array(flat["schema_version"].where(valid), dtype="Int32")
+    out["schema_version"] = pd.array(flat["schema_version__num"].where(valid), dtype="Int32")
     out["kafka_partition"] = out["partition"].astype("int32")
     out["kafka_offset"] = out["offset"].astype("int64")
     out["reasons"] = outcome.failed_rules
@@ -85,7 +87,7 @@ def process_batch(
     settings: Settings,
     run_id: str,
     app_id: str,
-    ranges: dict,
+    contract,
     rule_names: list[str],
     now_epoch: float,
 ) -> dict:
@@ -94,7 +96,7 @@ def process_batch(
 
     spark = batch_df.sparkSession
     checked = batch_df.mapInPandas(
-        validate_partitions(now_epoch, ranges, settings.batch_future_tolerance_s),
+        validate_partitions(now_epoch, contract, settings.batch_future_tolerance_s),
         validated_schema(),
     ).persist()
     # one join with silver serves the counts, the quarantine, the results and the merge
@@ -232,14 +234,15 @@ def silver_frame_of_fleet(fleet, start: datetime, cycle_seconds: float = 60.0, s
 def run(spark, settings: Settings, run_id: str, timeout_s: float = 900) -> dict:
     """Process every bronze row not yet seen; return the totals of this run."""
     from prognos.core import quality
+    from prognos.core.fleet import default_contract
 
     bronze_path = table_path("bronze", settings)
     if not lake.is_delta_table(bronze_path):
         return {"rows": 0, "invalid": 0, "duplicates": 0, "batches": 0}
     now_epoch = time.time()
     inputs = logs.versions(settings, "bronze")  # availableNow reads up to this version
-    ranges = quality.learned_ranges(settings.batch_range_margin)
-    rules = quality.build_rules(ranges, now_epoch, settings.batch_future_tolerance_s)
+    contract = default_contract(settings)
+    rules = quality.build_rules(None, now_epoch, settings.batch_future_tolerance_s, contract)
     rule_names = [rule.name for rule in rules]
     checkpoint = lake.checkpoint_path(settings, QUERY_NAME)
     totals = {"rows": 0, "invalid": 0, "duplicates": 0, "batches": 0}
@@ -253,7 +256,7 @@ def run(spark, settings: Settings, run_id: str, timeout_s: float = 900) -> dict:
                 settings=settings,
                 run_id=run_id,
                 app_id=_app_id(checkpoint),
-                ranges=ranges,
+                contract=contract,
                 rule_names=rule_names,
                 now_epoch=now_epoch,
             )

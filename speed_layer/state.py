@@ -1,7 +1,8 @@
 """Per-machine state of the speed layer: the function `applyInPandasWithState` runs.
 
 Rows of one Kafka key (the machine id) arrive with their raw value and coordinates. Each
-row is validated with the shared event contract (invalid -> a "dead" row with the reason),
+row is validated with the fleet's event contract, the rules silver applies too (invalid ->
+a "dead" row with the reasons),
 checked against the watermark (behind it -> a "late" row), and the others are merged by
 cycle into a bounded history (out-of-order cycles land in place; a repeated cycle is kept
 once). When the machine got new readings, one "view" row is emitted carrying the latest
@@ -22,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from prognos.core.data import SENSOR_COLUMNS, SETTING_COLUMNS
-from prognos.core.events import event_reasons, parse_event_time, validate_event
+from prognos.core.events import judge_wire, parse_event_time
 from prognos.core.registry import ALIASES_FILE, FilesystemRegistry, RegistryError
 from prognos.core.scoring import ServingSpec
 from prognos.core.settings import Settings
@@ -187,20 +188,16 @@ def _records(frames: list[pd.DataFrame]) -> list[Record]:
 
 
 def _checked(row: Record, machine_key: str, settings: Settings):
-    """(event, event time in ms, None) for a valid event, else (None, None, reason)."""
-    try:
-        event = json.loads(row.value)
-        reasons = validate_event(event)
-    except (TypeError, ValueError, RecursionError):  # not JSON: event_reasons says why
-        reasons = event_reasons(row.value)
-    if reasons:
-        return None, None, "; ".join(reasons)
+    """(event, event time in ms, None) for a valid event, else (None, None, reason): the
+    fleet's event contract, every rule silver's quality suite has (the reason names each
+    broken rule, as quarantine rows do), and the Kafka key must be the machine id."""
+    event, violations = judge_wire(row.value, settings, datetime.now(UTC).timestamp())
+    if violations:
+        return None, None, "; ".join(map(str, violations))
     if event["machine_id"] != machine_key:
         reason = f"Kafka key {machine_key!r} differs from machine_id {event['machine_id']!r}"
         return None, None, reason
     event_time = parse_event_time(event["event_time"]).timestamp()
-    if event_time > datetime.now(UTC).timestamp() + settings.batch_future_tolerance_s:
-        return None, None, f"event_time {event['event_time']} is in the future"
     return event, int(event_time * 1000), None
 
 

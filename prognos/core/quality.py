@@ -1,42 +1,30 @@
-"""Event quality rules: a Great Expectations suite defined in code, applied per row.
+"""Silver's event quality suite: Great Expectations, generated from the event contract.
 
-`flatten_payloads` turns raw Kafka values (JSON text) into one row per event with the
-raw field values (type checks) and numeric copies (range checks). `validate_events`
-runs the suite with GE on a pandas frame and returns, per row, EVERY rule it failed,
-plus one summary row per rule. Physical sensor ranges are learned from the C-MAPSS
-training data (all subsets) widened by a margin.
+The rules are the fleet's event contract (prognos.domain.events): the same named rules the
+speed layer evaluates in Python. `flatten_payloads` turns raw Kafka values into the
+contract's flat records (one row per event); `build_rules` maps each contract rule to a GE
+expectation on its column (null, not null, between, in set); `validate_events` runs the
+suite with GE on a pandas frame and returns, per row, EVERY rule it failed, plus one
+summary row per rule. Valid ranges come from the fleet spec.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from dataclasses import dataclass
-from datetime import datetime
 
 import numpy as np
 import pandas as pd
 
-from prognos.core.events import (
-    EVENT_TIME_MAX,
-    EVENT_TIME_MIN,
-    MACHINE_ID_PATTERN,
-    MAX_CYCLE,
-    SCHEMA_VERSION,
-)
+from prognos.core.fleet import default_contract
+from prognos.domain import events as contract_rules
+from prognos.domain.events import EVENT_EPOCH, NUMBER, EventContract
 
 SETTING_FIELDS = tuple(f"setting_{i}" for i in range(1, 4))
 SENSOR_FIELDS = tuple(f"sensor_{i}" for i in range(1, 22))
 NUMERIC_FIELDS = (*SETTING_FIELDS, *SENSOR_FIELDS)
-KEY_FIELDS = ("machine_id", "cycle")
-REQUIRED_FIELDS = ("machine_id", "cycle", "event_time", "schema_version", *NUMERIC_FIELDS)
-SCHEMA_VERSIONS = (SCHEMA_VERSION,)
 ROW_ID = "_row_id"
-PARSE_ERROR = "_parse_error"
-EVENT_EPOCH = "_event_time_epoch"
-EVENT_TIME_BAD = "_event_time_unparseable"
-MACHINE_ID_BAD = "_machine_id_malformed"
 
 Ranges = dict[str, tuple[float, float]]
 
@@ -58,7 +46,8 @@ class ValidationOutcome:
 @functools.cache
 def learned_ranges(margin: float = 0.1) -> Ranges:
     """Per setting/sensor (min, max) over all C-MAPSS training sets, widened by
-    `margin` x span on each side (at least 1e-3 for constant signals)."""
+    `margin` x span on each side (at least 1e-3 for constant signals): how the ranges of
+    fleets/cmapss.toml were computed (a test keeps them equal)."""
     from prognos.core.data import SUBSETS, load_cmapss
 
     frames = [load_cmapss(subset, "train") for subset in SUBSETS]
@@ -74,166 +63,58 @@ def learned_ranges(margin: float = 0.1) -> Ranges:
 # ------------------------------------------------------------------ flattening
 
 
-def flatten_payloads(values: pd.Series) -> pd.DataFrame:
-    """One row per payload: raw fields (objects), numeric copies, and a parse error."""
-    records = [_flatten_one(value) for value in values]
-    # object dtype keeps each raw value as sent (an int stays int, a string stays str)
+def flatten_payloads(values: pd.Series, contract: EventContract | None = None) -> pd.DataFrame:
+    """One row per payload: the contract's flat record (raw fields as objects, numeric
+    copies as floats) and a row id."""
+    contract = contract or default_contract()
+    records = [contract.flat_record(value) for value in values]
+    numeric = {name for name in contract.columns if name.endswith(NUMBER)} | {EVENT_EPOCH}
     frame = pd.DataFrame(
-        {name: pd.Series([r[name] for r in records], dtype=object) for name in _flat_columns()}
+        {
+            # object dtype keeps each raw value as sent (an int stays int, a string stays str)
+            name: pd.Series([r[name] for r in records], dtype=float if name in numeric else object)
+            for name in contract.columns
+        }
     )
     frame[ROW_ID] = np.arange(len(frame), dtype=np.int64)
-    for name in ("cycle", *NUMERIC_FIELDS):
-        frame[f"{name}__num"] = [_as_number(value) for value in frame[name]]
-    frame[MACHINE_ID_BAD] = pd.Series(
-        [
-            "does not match " + MACHINE_ID_PATTERN.pattern
-            if isinstance(value, str) and not MACHINE_ID_PATTERN.fullmatch(value)
-            else None
-            for value in frame["machine_id"]
-        ],
-        dtype=object,
-    )
-    for name, (expected, check) in TYPE_CHECKS.items():
-        frame[f"{name}{TYPE_FAULT}"] = pd.Series(
-            [None if v is None or check(v) else f"not {expected}" for v in frame[name]],
-            dtype=object,
-        )
-    frame[EVENT_EPOCH] = [_as_epoch(value) for value in frame["event_time"]]
-    unparseable = frame["event_time"].notna() & frame[EVENT_EPOCH].isna()
-    frame[EVENT_TIME_BAD] = np.where(unparseable, "not an ISO-8601 time with zone", None)
     return frame
-
-
-def _flat_columns() -> list[str]:
-    return [PARSE_ERROR, *REQUIRED_FIELDS, "source"]
-
-
-def _flatten_one(value) -> dict:
-    empty = dict.fromkeys(_flat_columns())
-    try:
-        text = value.decode("utf-8") if isinstance(value, bytes | bytearray) else value
-        event = json.loads(text)
-    except (TypeError, ValueError, RecursionError) as error:  # incl. too many digits
-        return {**empty, PARSE_ERROR: f"not JSON: {str(error)[:120]}"}
-    if not isinstance(event, dict):
-        return {**empty, PARSE_ERROR: f"not a JSON object: {type(event).__name__}"}
-    flat = {**empty, PARSE_ERROR: None}
-    for name in ("machine_id", "cycle", "event_time", "schema_version", "source"):
-        flat[name] = event.get(name)
-    for group, names in (("settings", SETTING_FIELDS), ("sensors", SENSOR_FIELDS)):
-        nested = event.get(group)
-        nested = nested if isinstance(nested, dict) else {}
-        for name in names:
-            flat[name] = nested.get(name)
-    return flat
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _is_text(value) -> bool:
-    return isinstance(value, str)
-
-
-# Type checks in Python: GE's type-list check lets a bool pass as an int (bool subclasses
-# int), and a bool cycle became a null cycle in silver (found by fuzzing).
-TYPE_FAULT = "__type_fault"
-TYPE_CHECKS = {
-    "machine_id": ("a string", _is_text),
-    "cycle": ("an integer", _is_int),
-    "schema_version": ("an integer", _is_int),
-    "source": ("a string", _is_text),
-    **{name: ("a number", _is_number) for name in NUMERIC_FIELDS},
-}
-
-
-def _as_number(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return np.nan
-    try:
-        return float(value)
-    except OverflowError:  # an integer beyond the double range: out of every range
-        return np.inf if value > 0 else -np.inf
-
-
-def _as_epoch(value) -> float:
-    if not isinstance(value, str):
-        return np.nan
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return np.nan
-    if parsed.tzinfo is None:
-        return np.nan
-    return parsed.timestamp()
 
 
 # ------------------------------------------------------------------ the suite
 
 
-def build_rules(ranges: Ranges, now_epoch: float, future_tolerance_s: float) -> list[Rule]:
-    """The event suite: parse, required fields, types, ranges, cycle > 0, not future."""
+def build_rules(
+    ranges: Ranges | None,
+    now_epoch: float,
+    future_tolerance_s: float,
+    contract: EventContract | None = None,
+) -> list[Rule]:
+    """The GE suite of the contract's rules (its ranges replaced by `ranges` if given)."""
+    contract = contract or default_contract()
+    if ranges is not None:
+        contract = contract.with_ranges(ranges)
+    return [
+        Rule(rule.name, _expectation(rule))
+        for rule in contract.rules(now_epoch, future_tolerance_s)
+    ]
+
+
+def _expectation(rule: contract_rules.Rule):
+    """The GE expectation that checks `rule` on its column of the flat records."""
     import great_expectations.expectations as gxe
 
-    rules = [Rule("valid_json", gxe.ExpectColumnValuesToBeNull(column=PARSE_ERROR))]
-    rules += [
-        Rule(f"required:{name}", gxe.ExpectColumnValuesToNotBeNull(column=name))
-        for name in REQUIRED_FIELDS
-    ]
-    rules += [
-        Rule(f"type:{name}", gxe.ExpectColumnValuesToBeNull(column=f"{name}{TYPE_FAULT}"))
-        for name in TYPE_CHECKS
-    ]
-    rules.insert(
-        len(rules) - len(NUMERIC_FIELDS),
-        Rule("type:event_time", gxe.ExpectColumnValuesToBeNull(column=EVENT_TIME_BAD)),
+    if rule.kind == "null":
+        return gxe.ExpectColumnValuesToBeNull(column=rule.column)
+    if rule.kind == "not_null":
+        return gxe.ExpectColumnValuesToNotBeNull(column=rule.column)
+    if rule.kind == "in_set":
+        return gxe.ExpectColumnValuesToBeInSet(column=rule.column, value_set=list(rule.allowed))
+    return gxe.ExpectColumnValuesToBeBetween(
+        column=rule.column,
+        min_value=rule.low,
+        max_value=rule.high,
+        strict_max=rule.strict_high,
     )
-    rules += [
-        Rule(
-            f"range:{name}",
-            gxe.ExpectColumnValuesToBeBetween(column=f"{name}__num", min_value=lo, max_value=hi),
-        )
-        for name, (lo, hi) in ranges.items()
-    ]
-    rules += [
-        Rule("machine_id_format", gxe.ExpectColumnValuesToBeNull(column=MACHINE_ID_BAD)),
-        Rule("cycle_positive", _at_least("cycle__num", 1)),
-        Rule(
-            "cycle_in_range",
-            gxe.ExpectColumnValuesToBeBetween(column="cycle__num", max_value=MAX_CYCLE),
-        ),
-        Rule(
-            "schema_version_known",
-            gxe.ExpectColumnValuesToBeInSet(column="schema_version", value_set=SCHEMA_VERSIONS),
-        ),
-        Rule(
-            "event_time_not_future",
-            gxe.ExpectColumnValuesToBeBetween(
-                column=EVENT_EPOCH, max_value=now_epoch + future_tolerance_s
-            ),
-        ),
-        Rule(
-            "event_time_in_range",
-            gxe.ExpectColumnValuesToBeBetween(
-                column=EVENT_EPOCH,
-                min_value=EVENT_TIME_MIN.timestamp(),
-                max_value=EVENT_TIME_MAX.timestamp(),
-                strict_max=True,
-            ),
-        ),
-    ]
-    return rules
-
-
-def _at_least(column: str, minimum: float):
-    import great_expectations.expectations as gxe
-
-    return gxe.ExpectColumnValuesToBeBetween(column=column, min_value=minimum)
 
 
 def validate_events(frame: pd.DataFrame, rules: list[Rule]) -> ValidationOutcome:

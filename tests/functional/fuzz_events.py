@@ -2,18 +2,21 @@
 
 Each bad event starts from a valid FD001 event and breaks it one way: wrong types,
 missing and extra fields, NaN/inf, huge numbers, zero/negative cycles, far-future and
-ancient timestamps, invalid UTF-8, oversized payloads, unknown schema versions, not JSON.
+ancient timestamps, invalid UTF-8, oversized payloads, unknown schema versions, not JSON,
+readings at, just beyond or far beyond the fleet spec's valid ranges (the bounds are valid).
 `draw` runs a derandomized @given collector: the same examples on every run.
 """
 
 from __future__ import annotations
 
 import json
+import math
 
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from prognos.core.data import SENSOR_COLUMNS, SETTING_COLUMNS
+from prognos.core.fleet import default_fleet
 
 FIELDS = ("schema_version", "machine_id", "cycle", "event_time", "settings", "sensors", "source")
 OVERSIZED_BYTES = (100_000, 300_000)  # under the broker's 1 MB message limit
@@ -100,6 +103,24 @@ def huge_number(draw, event: dict) -> bytes:
 
 
 @st.composite
+def out_of_range(draw, event: dict) -> bytes:
+    name = draw(_reading_names)
+    low, high = default_fleet().ranges[name]
+    span = high - low
+    value = draw(
+        st.one_of(
+            st.sampled_from(
+                [low, high, math.nextafter(low, -math.inf), math.nextafter(high, math.inf)]
+            ),
+            st.floats(min_value=0.01, max_value=100.0).map(lambda k: low - k * span),
+            st.floats(min_value=0.01, max_value=100.0).map(lambda k: high + k * span),
+        )
+    )
+    group = _reading_path(name)
+    return _dumps(dict(event, **{group: dict(event[group], **{name: value})}))
+
+
+@st.composite
 def bad_cycle(draw, event: dict) -> bytes:
     return _dumps(dict(event, cycle=draw(st.integers(min_value=-(2**40), max_value=0))))
 
@@ -168,6 +189,7 @@ MUTATIONS = {
     "extra_field": extra_field,
     "non_finite": non_finite,
     "huge_number": huge_number,
+    "out_of_range": out_of_range,
     "bad_cycle": bad_cycle,
     "far_future_time": far_future_time,
     "ancient_time": ancient_time,
