@@ -71,6 +71,11 @@ def airflow_env(settings: Settings, base: dict | None = None) -> dict[str, str]:
             # the default 5 s fails the first task of a run on a busy 2-core box (the API
             # server's first answer over SQLite took longer), which costs a retry
             "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
+            # `airflow standalone` starts its scheduler beside its API server, and the API
+            # server takes ~30 s to listen on a busy 2-core machine: with the default 5
+            # attempts (~6 s) the first task fails on "connection refused" and waits for
+            # its retry; 10 attempts (random exponential waits up to 90 s) outlast the start
+            "AIRFLOW__WORKERS__EXECUTION_API_RETRIES": "10",
             f"AIRFLOW_CONN_{SPARK_CONN_ID.upper()}": json.dumps(
                 {"conn_type": "spark", "host": settings.spark_master}
             ),
