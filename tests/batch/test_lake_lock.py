@@ -24,13 +24,49 @@ from prognos.core.locks import (
 from prognos.core.settings import PROJECT_ROOT
 from tests.conftest import make_settings
 
-# one lake job per DAG that has lake steps; none reaches Spark or TensorFlow while waiting
-LAKE_ENTRY_POINTS = {
-    "lake_maintenance": [sys.executable, "spark_jobs/maintenance.py", "--step", "checkpoints"],
-    "batch_layer": [sys.executable, "spark_jobs/gold.py"],
-    "drift": [sys.executable, "-m", "models.drift"],
-    "retrain": [sys.executable, "-m", "models.retrain", "build_dataset"],
+LAKE_DAGS = ("batch_layer", "lake_maintenance", "drift", "retrain")
+# the tasks of those DAGs that touch neither gold nor any other lake table
+NOT_LAKE_TASKS = {
+    "drift": {"emit_drift_event"},
+    "retrain": {"train", "evaluate", "register", "bless"},
 }
+TEMPLATES = {"{{ run_id }}": "waiting-{task}", "{{ logical_date.isoformat() }}": "2026-11-20"}
+
+
+@pytest.fixture(scope="module")
+def lake_tasks(tmp_path_factory) -> dict[str, list[str]]:
+    """The command of every lake task of the lake DAGs, as Airflow runs it (spark-submit's
+    application under this Python; the bash command), by "dag.task"."""
+    env = airflow_env(make_settings(tmp_path_factory.mktemp("airflow-state")))
+    previous = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        from airflow.dag_processing.dagbag import DagBag
+
+        dagbag = DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    commands = {}
+    for dag_id in LAKE_DAGS:
+        for task in dagbag.dags[dag_id].tasks:
+            if task.task_id not in NOT_LAKE_TASKS.get(dag_id, set()):
+                commands[f"{dag_id}.{task.task_id}"] = task_command(task)
+    return commands
+
+
+def task_command(task) -> list[str]:
+    def render(text: str) -> str:
+        for template, value in TEMPLATES.items():
+            text = text.replace(template, value.format(task=task.task_id))
+        return text
+
+    if hasattr(task, "application"):
+        return [sys.executable, task.application, *map(render, task.application_args)]
+    return ["bash", "-c", render(task.bash_command)]
 
 
 def job_env(settings, **overrides) -> dict[str, str]:
@@ -52,7 +88,8 @@ def start(command: list[str], env: dict) -> subprocess.Popen:
 
 def finish(processes: list[subprocess.Popen], timeout: float) -> list[tuple[int, str, str]]:
     try:
-        return [(p.wait(timeout=timeout), *p.communicate()) for p in processes]
+        outputs = [process.communicate(timeout=timeout) for process in processes]
+        return [(p.returncode, *output) for p, output in zip(processes, outputs, strict=True)]
     finally:
         for process in processes:
             if process.poll() is None:
@@ -60,23 +97,23 @@ def finish(processes: list[subprocess.Popen], timeout: float) -> list[tuple[int,
                 process.communicate()
 
 
-def test_a_job_waits_for_the_holder_then_names_it_in_a_one_line_error(tmp_path):
+def test_every_lake_task_waits_for_the_holder_then_names_it_in_one_line(lake_tasks, tmp_path):
+    """Each lake task of the four DAGs, started while another job holds the lake, waits and
+    then fails with one line naming the holder (none reaches Spark or TensorFlow)."""
+    assert len(lake_tasks) == 10 and "retrain.build_dataset" in lake_tasks
     settings = make_settings(tmp_path)
     env = job_env(settings, PROGNOS_LAKE_LOCK_TIMEOUT_S="1.5")
     with lake_lock(settings, "views manual__holder") as held:
         assert holder_of(lake_lock_path(settings))["pid"] == os.getpid()
-        jobs = {
-            dag: start([*command, "--run-id", f"waiting-{dag}"], env)
-            for dag, command in LAKE_ENTRY_POINTS.items()
-        }
+        jobs = {name: start(command, env) for name, command in lake_tasks.items()}
         results = dict(zip(jobs, finish(list(jobs.values()), timeout=300), strict=True))
-    for dag, (code, stdout, stderr) in results.items():
-        assert code != 0, dag
+    for name, (code, _, stderr) in results.items():
+        assert code != 0, name
         errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
-        assert len(errors) == 1, (dag, stderr[-2000:])
-        assert f"waiting-{dag}" in errors[0] and "is held by views manual__holder" in errors[0]
+        assert len(errors) == 1, (name, stderr[-2000:])
+        waiting = f"waiting-{name.split('.')[1]}"
+        assert waiting in errors[0] and "is held by views manual__holder" in errors[0]
         assert f"pid {held['pid']}" in errors[0] and "gave up after 1.5 s" in errors[0]
-        assert "lake_lock" not in stdout
     assert holder_of(lake_lock_path(settings)) is None  # released: no holder is named
     assert [line["holder"] for line in lake_lock_history(settings)] == [held["holder"]] * 2
 
