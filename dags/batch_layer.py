@@ -1,8 +1,10 @@
 """batch_layer: Kafka -> bronze -> silver (GE gate) -> gold -> batch views + manifest.
 
 Thin wiring: each task is a spark-submit of a job in spark_jobs/ (the logic lives there).
-Every task is idempotent by run id / logical date, so retries and backfills are safe
-(run a backfill with --max-active-runs 1: the jobs of one lake must not run concurrently).
+Every task is idempotent by run id / logical date, so retries and backfills are safe.
+Each job holds the lake's lock while it runs (prognos.core.locks), so the jobs of one lake
+never run concurrently, across this DAG, lake_maintenance, drift and retrain; still run a
+backfill with --max-active-runs 1, so that its runs go one after the other, not job by job.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """drift: after each gold update, compare recent gold with the champion's training data.
 
 measure_drift runs the drift job (models.drift: PSI and KS per feature over the recent
-window, rows appended to the drift_report table). emit_drift_event emits the drift Asset,
+window, rows appended to the drift_report table), holding the lake's lock like every
+lake job (prognos.core.locks). emit_drift_event emits the drift Asset,
 which triggers the retrain DAG, only when the job found drift; otherwise it is skipped.
 """
 

@@ -1,5 +1,7 @@
 """lake_maintenance: compact small files, vacuum with a retention window, prune
-old streaming checkpoint entries; each task logs what it removed (JSON line)."""
+old streaming checkpoint entries; each task logs what it removed (JSON line). Each job
+holds the lake's lock (prognos.core.locks): it waits for a batch_layer, drift or retrain
+job of the same lake to finish."""
 
 from __future__ import annotations
 

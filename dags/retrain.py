@@ -3,6 +3,7 @@
 Runs weekly (PROGNOS_RETRAIN_SCHEDULE), when the drift DAG emits the drift Asset, and,
 with PROGNOS_RETRAIN_ON_GOLD, whenever the batch layer updates gold. Each task runs one
 step of models.retrain in its own process; the steps hand over through a run directory.
+build_dataset, which reads gold, holds the lake's lock like every lake job.
 The serving and speed layers watch the registry and pick up a new champion themselves.
 """
 
