@@ -1,7 +1,9 @@
 """Merged-view routes: machines, history, alerts, fleet summary (role: reader).
 
-Every handler is `async`: it only reads the in-memory snapshot, so it runs on the event
-loop without a thread-pool hop (the hop dominated the latency of a machine query).
+The handlers that only read the in-memory snapshot are `async`: they run on the event
+loop without a thread-pool hop (the hop dominated the latency of a machine query). History
+and alerts read Delta on demand (pruned reads at the snapshot's pinned versions): they are
+plain functions, run in the thread pool, so a read never stalls the loop.
 """
 
 from __future__ import annotations
@@ -15,10 +17,14 @@ from fastapi.responses import Response
 from serving_layer.auth import require
 from serving_layer.errors import invalid, not_found, respond
 from serving_layer.snapshot import (
+    HISTORY_MAX_LIMIT,
+    HISTORY_MAX_SPAN,
     SORTS,
+    HistoryRangeError,
     Snapshot,
-    alerts_since,
+    alerts_page,
     fleet_summary,
+    history_window,
     machine_history,
     query_fleet,
 )
@@ -68,18 +74,33 @@ async def list_machines(
     return respond({"machines": page, "next_cursor": next_cursor, "as_of": snapshot.as_of()})
 
 
-@router.get("/machines/{machine_id}/history", summary="Time series of one machine (silver)")
-async def get_history(
+@router.get(
+    "/machines/{machine_id}/history",
+    summary="Readings of one machine in a time range (the history view), with predictions",
+    description=f"At most {HISTORY_MAX_SPAN} per query (without 'from'/'to': the span up to "
+    "the machine's last reading) and at most `limit` readings, in event time order; "
+    "`next_from` is the 'from' of the next page (null when the range is exhausted).",
+)
+def get_history(
     machine_id: str,
     request: Request,
     start: Annotated[datetime | None, Query(alias="from")] = None,
     end: Annotated[datetime | None, Query(alias="to")] = None,
+    limit: int = Query(1000, ge=1, le=HISTORY_MAX_LIMIT),
 ):
     _check_range(start, end)
     snapshot = snapshot_of(request)
-    if machine_id not in snapshot.machines and machine_id not in snapshot.history_slices:
+    state = snapshot.machines.get(machine_id)
+    if state is None:
         raise not_found(f"unknown machine {machine_id!r}")
-    rows = machine_history(snapshot, machine_id, start, end)
+    try:
+        window = history_window(state, start, end)
+    except HistoryRangeError as error:
+        raise invalid(str(error)) from None
+    rows, next_from = [], None
+    if window is not None:
+        views = request.app.state.snapshots.views
+        rows, next_from = machine_history(views, snapshot, machine_id, window, limit)
     truth = request.app.state.truth
     predictions = [
         {**point, "true_rul": truth.true_rul(machine_id, point["cycle"])}
@@ -90,7 +111,10 @@ async def get_history(
     return respond(
         {
             "machine_id": machine_id,
+            "from": window[0] if window else None,
+            "to": window[1] if window else None,
             "readings": rows,
+            "next_from": next_from,
             "predictions": predictions,
             "as_of": snapshot.as_of(),
         }
@@ -98,25 +122,31 @@ async def get_history(
 
 
 def _check_range(start: datetime | None, end: datetime | None) -> None:
-    if (start is None) != (end is None) and (start or end).tzinfo is None:
+    if any(bound is not None and bound.tzinfo is None for bound in (start, end)):
         raise invalid("'from' and 'to' need a timezone (e.g. 2026-01-01T00:00:00Z)")
-    if start is not None and end is not None:
-        if (start.tzinfo is None) != (end.tzinfo is None) or start.tzinfo is None:
-            raise invalid("'from' and 'to' need a timezone (e.g. 2026-01-01T00:00:00Z)")
-        if start > end:
-            raise invalid("'from' must not be after 'to'")
+    if start is not None and end is not None and start > end:
+        raise invalid("'from' must not be after 'to'")
 
 
-@router.get("/alerts", summary="Alerts raised since a time (newest last)")
-async def get_alerts(
+@router.get(
+    "/alerts",
+    summary="Alerts in time order, paged (newest last)",
+    description="With `since` or `cursor`: the alerts raised at or after `since` (or after "
+    "the cursor's page), oldest first; `next_cursor` continues (null at the end). With "
+    "neither: the newest `limit` alerts.",
+)
+def get_alerts(
     request: Request,
     since: datetime | None = None,
     limit: int = Query(100, ge=1, le=1000),
+    cursor: str | None = Query(None, max_length=512),
 ):
     if since is not None and since.tzinfo is None:
         raise invalid("'since' needs a timezone (e.g. 2026-01-01T00:00:00Z)")
     snapshot = snapshot_of(request)
-    return respond({"alerts": alerts_since(snapshot, since, limit), "as_of": snapshot.as_of()})
+    views = request.app.state.snapshots.views
+    alerts, next_cursor = alerts_page(views, snapshot, since, limit, cursor)
+    return respond({"alerts": alerts, "next_cursor": next_cursor, "as_of": snapshot.as_of()})
 
 
 @router.get("/fleet/summary", summary="Fleet-wide figures of the merged view")

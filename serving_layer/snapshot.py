@@ -5,7 +5,14 @@ FIRST, then the manifest's; the batch views are read at the versions the manifes
 recorded. A speed view older than the manifest only lacks the newest readings, while a
 manifest older than the speed view could miss readings the speed layer already dropped,
 so this order never loses an event. The refresher compares Delta versions (cheap: the
-log only) and rebuilds only when one changed; requests never read from disk.
+log only) and rebuilds only when one changed.
+
+A snapshot holds views only, so its memory grows with machines and speed rows, never with
+history: the batch views, the merged state per machine (latest sensors from the view
+rows), and the pinned versions of the tables that grow forever. Those (the history view,
+alerts) are read on demand at the pinned version, pruned by their Delta file statistics:
+one machine's bounded time range (`machine_history`), one page of alerts by time
+(`alerts_page`). Every other request is answered from memory.
 """
 
 from __future__ import annotations
@@ -18,25 +25,17 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
+from datetime import UTC, datetime, timedelta
 
 from prognos.core.errors import InvalidQueryError
 from serving_layer.merge import ALERT_LEVELS, Boundary, batch_states, latest_boundary, overlay_speed
+from serving_layer.views import history_predicate, time_filter
 
 SORTS = ("rul", "-rul", "alert_level", "-alert_level", "machine_id", "-machine_id")
 LEVEL_RANK = {level: rank for rank, level in enumerate(ALERT_LEVELS)}
-SERIES_EXCLUDED = {
-    "machine_id",
-    "source",
-    "schema_version",
-    "kafka_partition",
-    "kafka_offset",
-    "ingest_time",
-}
+HISTORY_MAX_SPAN = timedelta(days=7)  # a history read stays a few row groups
+HISTORY_MAX_LIMIT = 10_000
+ALERTS_FIRST_WINDOW = timedelta(hours=1)  # an alerts page reads windows from here, doubling
 
 
 class CursorError(InvalidQueryError, ValueError):
@@ -49,9 +48,7 @@ class Snapshot:
     boundary: Boundary | None
     machines: dict[str, dict]
     orders: dict[str, list[tuple]]  # sort -> ascending keys, each ending with the machine id
-    alerts: list[dict]
-    history: pa.Table  # silver rows sorted by machine and cycle
-    history_slices: dict[str, tuple[int, int]]
+    alerts_span: tuple[datetime, datetime] | None = None  # raised_at range of the alerts
     built_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     # machine id -> its encoded answer, filled on first request (the snapshot never changes)
     encoded: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
@@ -92,7 +89,7 @@ def encode_json(payload) -> bytes:
 
 
 def empty_snapshot() -> Snapshot:
-    return Snapshot({}, None, {}, {s: [] for s in SORTS}, [], pa.table({}), {})
+    return Snapshot({}, None, {}, {s: [] for s in SORTS})
 
 
 # --- building -----------------------------------------------------------------------
@@ -102,14 +99,13 @@ def current_versions(views) -> dict[str, int | None]:
     """Versions to pin, in the order that never loses an event (speed view first)."""
     versions = {"speed_view": views.version("speed_view")}
     versions["batch_manifest"] = views.version("batch_manifest")
-    versions["silver"] = views.version("silver")
     versions["alerts"] = views.version("alerts")
     return versions
 
 
 class PinnedCache:
     """What was derived from a table at a version; the newest version per table is kept, so
-    a speed-view change does not re-read the batch views, silver or alerts."""
+    a speed-view change does not re-read the batch views or the alerts' statistics."""
 
     def __init__(self) -> None:
         self._entries: dict[str, tuple[int | None, object]] = {}
@@ -136,51 +132,48 @@ def build_snapshot(
         versions["batch_manifest"],
         lambda: _boundary(views, versions["batch_manifest"]),
     )
-    history, slices = cache.get(
-        "silver",
-        versions["silver"],
-        lambda: _index_history(_read_pinned(views, "silver", versions)),
-    )
     base: dict[str, dict] = {}
-    if boundary is not None and "machine_state" in boundary.table_versions:
-        versions["machine_state"] = boundary.table_versions["machine_state"]
-        # served-ready batch states, kept while neither the batch view nor silver changes:
-        # a speed-view change only re-merges the machines its rows name
+    if boundary is not None:
+        for view in ("machine_state", "machine_history"):
+            if view in boundary.table_versions:
+                versions[view] = boundary.table_versions[view]
+    if "machine_state" in versions:
+        # served-ready batch states, kept while the batch view does not change: a
+        # speed-view change only re-merges the machines its rows name
         base = cache.get(
             "batch_states",
-            (versions["machine_state"], versions["silver"]),
+            versions["machine_state"],
             lambda: _ready(
                 batch_states(
                     views.read("machine_state", versions["machine_state"]).to_pylist(), level_of
-                ),
-                history,
-                slices,
+                )
             ),
         )
     speed_rows = _read_pinned(views, "speed_view", versions).to_pylist()
     offsets = boundary.partition_offsets if boundary is not None else {}
     machines, changed = overlay_speed(base, speed_rows, offsets, level_of)
-    machines.update(_ready({m: machines[m] for m in changed}, history, slices))
-    alerts = cache.get("alerts", versions["alerts"], lambda: _sorted_alerts(views, versions))
-    return Snapshot(versions, boundary, machines, _orders(machines), alerts, history, slices)
+    machines.update(_ready({m: machines[m] for m in changed}))
+    span = cache.get(
+        "alerts", versions["alerts"], lambda: views.span("alerts", versions["alerts"], "raised_at")
+    )
+    return Snapshot(versions, boundary, machines, _orders(machines), span)
 
 
-def _ready(states: dict[str, dict], history: pa.Table, slices: dict) -> dict[str, dict]:
-    """States as served: latest sensors attached, JSON-ready values (new dicts)."""
-    _attach_latest_sensors(states, history, slices)
-    return {machine_id: json_ready(state) for machine_id, state in states.items()}
+def _ready(states: dict[str, dict]) -> dict[str, dict]:
+    """States as served: JSON-ready values (new dicts); the latest sensors are the view
+    row's (batch view, or speed view when its reading is newer), none without one."""
+    ready = {}
+    for machine_id, state in states.items():
+        if "sensors" not in state:
+            state = {**state, "sensors": {}, "sensors_cycle": None}
+        ready[machine_id] = json_ready(state)
+    return ready
 
 
 def _boundary(views, version: int | None) -> Boundary | None:
     if version is None:
         return None
     return latest_boundary(views.read("batch_manifest", version).to_pylist())
-
-
-def _sorted_alerts(views, versions: dict) -> list[dict]:
-    alerts = _read_pinned(views, "alerts", versions).to_pylist()
-    alerts.sort(key=lambda a: (a.get("raised_at") is None, a.get("raised_at")))
-    return alerts
 
 
 def json_ready(value):
@@ -206,35 +199,10 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _read_pinned(views, name: str, versions: dict) -> pa.Table:
+def _read_pinned(views, name: str, versions: dict):
     if versions.get(name) is None:
         return views.read(name, None).slice(0, 0)
     return views.read(name, versions[name])
-
-
-def _index_history(silver: pa.Table) -> tuple[pa.Table, dict[str, tuple[int, int]]]:
-    if silver.num_rows == 0:
-        return silver, {}
-    order = pc.sort_indices(silver, [("machine_id", "ascending"), ("cycle", "ascending")])
-    silver = silver.take(order)
-    ids = np.asarray(silver.column("machine_id").to_numpy(zero_copy_only=False))
-    unique, starts = np.unique(ids, return_index=True)
-    ends = [*starts[1:], len(ids)]
-    return silver, {str(m): (int(s), int(e)) for m, s, e in zip(unique, starts, ends, strict=True)}
-
-
-def _attach_latest_sensors(machines: dict, history: pa.Table, slices: dict) -> None:
-    columns = [c for c in history.column_names if c.startswith(("sensor_", "setting_"))]
-    for machine_id, state in machines.items():
-        span = slices.get(machine_id)
-        if "sensors" in state:  # the view row carried its latest readings
-            continue
-        if span is None:
-            state["sensors"], state["sensors_cycle"] = {}, None
-            continue
-        last = history.slice(span[1] - 1, 1).to_pylist()[0]
-        state["sensors"] = {c: last[c] for c in columns}
-        state["sensors_cycle"] = last.get("cycle")
 
 
 def _rul_key(state: dict) -> float:
@@ -324,28 +292,114 @@ def _matches(state: dict, level: str | None, min_rul: float | None, max_rul: flo
     return max_rul is None or rul <= max_rul
 
 
+class HistoryRangeError(ValueError):
+    """A history range the server will not read (its span beyond HISTORY_MAX_SPAN)."""
+
+
+def history_window(
+    state: dict, start: datetime | None, end: datetime | None
+) -> tuple[datetime, datetime] | None:
+    """The range a history query reads: both bounds as given, or the missing one
+    HISTORY_MAX_SPAN away; without bounds, the span up to the machine's last reading
+    (None when it has none). A range wider than HISTORY_MAX_SPAN is refused."""
+    if start is None and end is None:
+        end = _as_datetime(state.get("last_event_time"))
+        if end is None:
+            return None
+    if start is None:
+        start = end - HISTORY_MAX_SPAN
+    if end is None:
+        end = start + HISTORY_MAX_SPAN
+    if end - start > HISTORY_MAX_SPAN:
+        raise HistoryRangeError(
+            f"the range 'from'-'to' spans {end - start}; at most {HISTORY_MAX_SPAN} per "
+            "query (page with 'from')"
+        )
+    return start, end
+
+
+def _as_datetime(value) -> datetime | None:
+    return datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
 def machine_history(
-    snapshot: Snapshot, machine_id: str, start: datetime | None, end: datetime | None
-) -> list[dict]:
-    span = snapshot.history_slices.get(machine_id)
+    views, snapshot: Snapshot, machine_id: str, window: tuple[datetime, datetime], limit: int
+) -> tuple[list[dict], datetime | None]:
+    """One machine's readings in `window` (inclusive) from the history view the snapshot
+    pins, in event time order: the first `limit`, and the event time to continue from
+    (None when none is left)."""
+    rows = views.rows(
+        "machine_history",
+        snapshot.versions.get("machine_history"),
+        history_predicate(machine_id, *window),
+    ).to_pylist()
+    rows.sort(key=lambda r: (r["event_time"], r["cycle"]))
+    rest = rows[limit:]
+    for row in rows[:limit]:
+        del row["machine_id"]
+    return rows[:limit], rest[0]["event_time"] if rest else None
+
+
+def encode_alert_cursor(alert: dict) -> str:
+    return encode_cursor("alerts", (alert["raised_at"].isoformat(), alert["alert_id"]))
+
+
+def decode_alert_cursor(cursor: str) -> tuple[datetime, str]:
+    raised_at, alert_id = decode_cursor("alerts", cursor)
+    try:
+        return datetime.fromisoformat(raised_at), alert_id
+    except (TypeError, ValueError):
+        raise CursorError("invalid cursor: pass the next_cursor of a previous page") from None
+
+
+def alerts_page(
+    views, snapshot: Snapshot, since: datetime | None, limit: int, cursor: str | None = None
+) -> tuple[list[dict], str | None]:
+    """A page of alerts in (raised_at, alert_id) order at the pinned alerts version, and
+    the cursor of the next page (None at the end).
+
+    With `cursor` or `since`: the first `limit` alerts after the cursor (or raised at or
+    after `since`). With neither: the newest `limit` (the live feed). The table is read
+    in time windows from the page's start, each twice as long as the one before, until
+    the page is full: one page reads the files of its time range, never the whole table.
+    Alerts are appended with raised_at in commit order, so paging never loses or repeats
+    one, also while new alerts arrive.
+    """
+    span = snapshot.alerts_span
     if span is None:
-        return []
-    rows = snapshot.history.slice(span[0], span[1] - span[0])
-    rows = rows.select([c for c in rows.column_names if c not in SERIES_EXCLUDED]).to_pylist()
-    return [r for r in rows if _within(r.get("event_time"), start, end)]
+        if cursor is not None:
+            decode_alert_cursor(cursor)
+        return [], None
+    if cursor is None and since is None:
+        return _newest_alerts(views, snapshot, span, limit), None
+    after = decode_alert_cursor(cursor) if cursor is not None else None
+    start = after[0] if after is not None else since
+    found: list[dict] = []
+    width = ALERTS_FIRST_WINDOW
+    start = max(start, span[0])
+    while start <= span[1] and len(found) <= limit:
+        rows = _alerts_between(views, snapshot, start, start + width)
+        found += [a for a in rows if after is None or (a["raised_at"], a["alert_id"]) > after]
+        start, width = start + width, width * 2
+    page = found[:limit]
+    return page, encode_alert_cursor(page[-1]) if len(found) > limit else None
 
 
-def _within(value: datetime | None, start: datetime | None, end: datetime | None) -> bool:
-    if value is None:
-        return start is None and end is None
-    return (start is None or value >= start) and (end is None or value <= end)
+def _newest_alerts(views, snapshot: Snapshot, span: tuple, limit: int) -> list[dict]:
+    found: list[dict] = []
+    end, width = span[1], ALERTS_FIRST_WINDOW
+    while end > span[0] and len(found) < limit:
+        found = _alerts_between(views, snapshot, end - width, end) + found
+        end, width = end - width, width * 2
+    return found[-limit:]
 
 
-def alerts_since(snapshot: Snapshot, since: datetime | None, limit: int) -> list[dict]:
-    rows = snapshot.alerts
-    if since is not None:
-        rows = [a for a in rows if a.get("raised_at") is not None and a["raised_at"] >= since]
-    return rows[-limit:]
+def _alerts_between(views, snapshot: Snapshot, start: datetime, end: datetime) -> list[dict]:
+    """Alerts raised in [start, end), in (raised_at, alert_id) order."""
+    where = time_filter("raised_at", start, end, end_inclusive=False)
+    rows = views.rows("alerts", snapshot.versions.get("alerts"), where).to_pylist()
+    rows.sort(key=lambda a: (a["raised_at"], a["alert_id"]))
+    return rows
 
 
 def fleet_summary(snapshot: Snapshot) -> dict:

@@ -1,4 +1,5 @@
-"""Batch views + manifest: machine_state and fleet_summary, published atomically.
+"""Batch views + manifest: machine_state, machine_history and fleet_summary, published
+atomically.
 
 machine_state holds per machine the latest cycle and event time, the latest readings,
 the health features of the latest gold row, and the RUL the registry's champion predicts
@@ -8,10 +9,16 @@ with null predictions (alert level "unknown") and a warning. The manifest names 
 what the views cover: per Kafka partition the next offset after the last bronze record
 handled (kept in silver or quarantined), the max event time, the Delta versions of the
 input tables, the model version used and the run id.
+
+machine_history is silver's readings laid out for the serving layer's history query: rows
+sorted by machine and event time, cut into files by machine range, so that delta-rs reads
+one machine's time range from a file or two (file statistics, then row groups) and the
+serving process never holds the master dataset (bench/history_read.py measures it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 
@@ -25,6 +32,11 @@ log = logging.getLogger("prognos.views")
 
 READINGS = [f"setting_{i}" for i in range(1, 4)] + [f"sensor_{i}" for i in range(1, 22)]
 RUL_QUANTILES = {"rul_p10": 0.1, "rul_p50": 0.5, "rul_p90": 0.9}
+# machine_history's layout: files of this many rows (one machine range each), row groups
+# of this many rows (the unit a history read decodes); see bench/history_read.py
+HISTORY_ROWS_PER_FILE = 250_000
+HISTORY_ROW_GROUP_ROWS = 10_000
+PARQUET_BLOCK_SIZE_CONF = "parquet.block.size"
 
 
 def latest_rows(frame, rows: int = 1):
@@ -86,6 +98,24 @@ def machine_state(spark, silver, gold, predictions: dict, run_id: str, model_ver
         "sensors",
         _column_or_null(state, "features", "map<string,double>"),
     ).select(*spec.column_names)
+
+
+def machine_history(silver, rows: int):
+    """silver's readings, range-partitioned by machine into files of about
+    HISTORY_ROWS_PER_FILE rows, each sorted by machine and event time."""
+    files = max(1, -(-rows // HISTORY_ROWS_PER_FILE))
+    return (
+        silver.select(*get_table("machine_history").column_names)
+        .repartitionByRange(files, "machine_id", "event_time")
+        .sortWithinPartitions("machine_id", "event_time")
+    )
+
+
+def history_block_size(rows: int) -> int:
+    """Parquet block size (bytes) giving row groups of about HISTORY_ROW_GROUP_ROWS rows
+    (Spark's Parquet writer cuts row groups by bytes, not rows)."""
+    row_bytes = 8 * len(get_table("machine_history").columns) + 16  # plain encoded, a bound
+    return max(1 << 20, HISTORY_ROW_GROUP_ROWS * row_bytes)
 
 
 def _column_or_null(frame, name: str, type_name: str):
@@ -209,20 +239,40 @@ def build(
         "logical_date": str(logical_date),
         "airflow_run_id": airflow_run_id,
     }
+    rows = silver.count()
     manifest = {
         "run_id": run_id,
         "partition_offsets": covered_offsets(spark, settings, versions),
         "max_event_time": max_event_time,
-        "rows_covered": silver.count(),
+        "rows_covered": rows,
         "details": json.dumps(details, sort_keys=True),
     }
-    row = lake.publish(
-        spark, settings, {"machine_state": state, "fleet_summary": summary}, manifest
-    )
+    published = {
+        "machine_state": state,
+        "machine_history": machine_history(silver, rows),
+        "fleet_summary": summary,
+    }
+    with session_conf(spark, PARQUET_BLOCK_SIZE_CONF, str(history_block_size(rows))):
+        row = lake.publish(spark, settings, published, manifest)
     state.unpersist()
     outputs = {**row["table_versions"], **logs.versions(settings, "batch_manifest")}
     logs.lineage("views", airflow_run_id or run_id, versions, outputs, settings, interval=run_id)
     return {"published": True, "model_version": model_version, "manifest": row}
+
+
+@contextlib.contextmanager
+def session_conf(spark, key: str, value: str):
+    """A session conf for the duration of a block (Spark copies session confs into the
+    Hadoop conf of each write: so the Parquet writer's block size is set here)."""
+    previous = spark.conf.get(key, None)
+    spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        if previous is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, previous)
 
 
 def _input_versions(spark, settings: Settings) -> dict:

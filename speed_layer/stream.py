@@ -17,6 +17,7 @@ import json
 import signal
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ from speed_layer.scorer import AlertMemory, score_views
 QUERY_NAME = "speed-layer"
 CONCURRENT_RETRIES = 5
 SHUFFLE_PARTITIONS = "spark.sql.shuffle.partitions"
+STATS_PRECISION = timedelta(milliseconds=1)
 
 
 def checkpoint_dir(settings: Settings) -> Path:
@@ -218,11 +220,14 @@ class BatchWriter:
         producer.flush(60)
         app_id = f"{self.app_id}-alerts"
 
+        source = _arrow(rows, "alerts")
+        condition = alerts_merge_condition(source)
+
         def insert_new(table) -> None:
             (
                 table.merge(
-                    _arrow(rows, "alerts"),
-                    "t.alert_id = s.alert_id",
+                    source,
+                    condition,
                     source_alias="s",
                     target_alias="t",
                     commit_properties=_txn(app_id, batch_id),
@@ -274,6 +279,27 @@ class BatchWriter:
             features=views["features_json"].map(_json_map),
         )
         return _arrow(rows, "speed_view")
+
+
+def alerts_merge_condition(source) -> str:
+    """The alerts MERGE's match: the alert id, within the event times of the source rows.
+
+    An alert id names (machine, cycle, level), so a copy of an alert carries its reading's
+    event time: matching only target rows in the source's event time range gives delta-rs
+    a predicate on the target's file statistics, and the MERGE reads the files of recent
+    alerts instead of a table that grows forever. (Statistics written by Spark keep
+    milliseconds: the range is widened by one.)"""
+    import pyarrow.compute as pc
+
+    times = source.column("event_time")
+    if times.null_count or len(times) == 0:
+        return "t.alert_id = s.alert_id"
+    low = pc.min(times).as_py() - STATS_PRECISION
+    high = pc.max(times).as_py() + STATS_PRECISION
+    return (
+        f"t.alert_id = s.alert_id AND t.event_time >= '{low.isoformat()}' "
+        f"AND t.event_time <= '{high.isoformat()}'"
+    )
 
 
 def merge_view_rows(table, source, commit_properties=None) -> None:

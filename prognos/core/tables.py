@@ -245,6 +245,22 @@ MACHINE_STATE = TableSpec(
     description="Batch view: latest state, health and predicted RUL per machine.",
 )
 
+MACHINE_HISTORY = TableSpec(
+    "machine_history",
+    _cols(
+        ("machine_id", "string"),
+        ("cycle", "int"),
+        ("event_time", "timestamp"),
+        *SETTING_COLUMNS,
+        *SENSOR_COLUMNS,
+    ),
+    keys=("machine_id", "cycle"),
+    owner_layer="spark_jobs",
+    description="Batch view: silver's readings per machine, sorted by machine and event time "
+    "and cut into files by machine range, so that one machine's time range reads a few row "
+    "groups (Delta file statistics, then Parquet ones) instead of the master dataset.",
+)
+
 FLEET_SUMMARY = TableSpec(
     "fleet_summary",
     _cols(
@@ -296,7 +312,7 @@ SPEED_VIEW = TableSpec(
         ("model_version", "string"),
         ("batch_id", "long"),
         ("updated_at", "timestamp"),
-        # added by the speed layer: alert level, latest readings and features, and the
+        # written by the speed layer: alert level, latest readings and features, and the
         # Kafka offsets of the readings not yet covered by the batch manifest (expiry).
         ("alert_level", "string"),
         ("sensors", "map<string,double>"),
@@ -321,8 +337,8 @@ ALERTS = TableSpec(
         ("threshold", "double"),
         ("model_version", "string"),
         ("raised_at", "timestamp"),
-        ("alert_level", "string"),  # added by the speed layer
-        ("previous_level", "string"),  # added by the speed layer
+        ("alert_level", "string"),
+        ("previous_level", "string"),
     ),
     keys=("alert_id",),
     owner_layer="speed_layer",
@@ -356,7 +372,7 @@ DRIFT_REPORT = TableSpec(
         ("score", "double"),
         ("drifted", "boolean"),
         ("computed_at", "timestamp"),
-        # added by the drift job (models.drift): reference_value/current_value are the
+        # written by the drift job (models.drift): reference_value/current_value are the
         # feature's training and window means, score the statistic (psi or ks).
         ("model", "string"),
         ("model_version", "long"),
@@ -397,7 +413,7 @@ def gold_features_spec(feature_columns: Iterable[str]) -> TableSpec:
 def _feature_columns() -> tuple[str, ...]:
     try:
         from prognos.core.features import FEATURE_COLUMNS
-    except ImportError:  # the feature module is not written yet
+    except ImportError:  # the feature module needs numpy and pandas: without them, none
         return ()
     return tuple(FEATURE_COLUMNS)
 
@@ -410,6 +426,7 @@ def _catalog() -> dict[str, TableSpec]:
         VALIDATION_RESULTS,
         gold_features_spec(_feature_columns()),
         MACHINE_STATE,
+        MACHINE_HISTORY,
         FLEET_SUMMARY,
         BATCH_MANIFEST,
         SPEED_VIEW,

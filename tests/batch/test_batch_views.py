@@ -4,12 +4,15 @@ the speed layer's code, alert levels, fleet summary, no champion, an older view 
 
 from __future__ import annotations
 
+import itertools
 import logging
 from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
+from deltalake import DeltaTable
 
 from prognos.core import lake
 from prognos.core.alerting import alert_level
@@ -19,6 +22,7 @@ from prognos.core.features import HEALTH, compute_features
 from prognos.core.replay import fleet_frame
 from prognos.core.scoring import ChampionWatcher, model_window
 from prognos.core.tables import get_table
+from serving_layer.views import history_predicate, read_rows
 from spark_jobs import gold, silver, views
 from tests.conftest import make_settings
 from tests.speed import support as S
@@ -105,6 +109,33 @@ def test_machine_state_scored_by_the_champion_like_the_speed_layer(spark, lake_s
     assert {k: v for k, v in dict(summary["machines_by_level"]).items() if v} == levels
     assert summary["rul_p50"] == pytest.approx(state["predicted_rul"].median())
     assert summary["max_predicted_rul"] == pytest.approx(state["predicted_rul"].max())
+
+
+def test_history_view_holds_silver_in_files_of_machine_ranges(spark, lake_settings, monkeypatch):
+    monkeypatch.setattr(views, "HISTORY_ROWS_PER_FILE", 300)
+    built = views.build(spark, lake_settings, INTERVAL, START)
+    version = built["manifest"]["table_versions"]["machine_history"]
+    handle = DeltaTable(str(lake_settings.lake / "machine_history"), version=version)
+    history = handle.to_pyarrow_table().to_pandas()
+    columns = get_table("machine_history").column_names
+    expected = table(lake_settings, "silver")[columns]
+    key = ["machine_id", "event_time"]
+    pd.testing.assert_frame_equal(
+        history.sort_values(key).reset_index(drop=True),
+        expected.sort_values(key).reset_index(drop=True),
+    )
+    files = [pq.read_table(uri).to_pandas() for uri in handle.file_uris()]
+    assert len(files) == -(-len(history) // 300)
+    ranges = sorted((tuple(f[key].iloc[0]), tuple(f[key].iloc[-1])) for f in files)
+    for frame in files:  # each file sorted by machine and event time
+        assert frame[key].equals(frame.sort_values(key)[key])
+    for (_, last), (first, _) in itertools.pairwise(ranges):
+        assert last < first  # files hold disjoint ranges of (machine, event time)
+    machine = "FD001-train-0002"
+    where = history_predicate(machine, None, None)
+    assert len(handle.file_uris(file_pruning_predicate=where.sql)) < len(files)
+    rows = read_rows(handle, where).to_pandas()
+    assert len(rows) == (expected.machine_id == machine).sum()
 
 
 def silver_history(settings, machine: str) -> pd.DataFrame:

@@ -13,7 +13,8 @@ from prognos.core.spark import spark_conf
 
 PIPELINE_TABLES = {
     "bronze", "silver", "quarantine", "validation_results", "gold_features", "machine_state",
-    "fleet_summary", "batch_manifest", "speed_view", "alerts", "late_rows", "drift_report",
+    "machine_history", "fleet_summary", "batch_manifest", "speed_view", "alerts", "late_rows",
+    "drift_report",
 }  # fmt: skip
 
 

@@ -30,9 +30,20 @@ def write_rows(settings, name: str, rows: list[dict], mode: str = "append") -> i
 
 def silver_row(machine_id: str, cycle: int, base: float = 500.0) -> dict:
     row = {"machine_id": machine_id, "cycle": cycle, "event_time": at(cycle), "source": "test"}
-    row.update({f"sensor_{i}": base + i + cycle * 0.1 for i in range(1, 22)})
-    row.update({f"setting_{i}": 0.1 * i for i in range(1, 4)})
+    row.update(readings_of(cycle, base))
     return row
+
+
+def readings_of(cycle: int, base: float = 500.0) -> dict:
+    """The settings and sensors of a reading (a silver row's, a view row's map)."""
+    readings = {f"setting_{i}": 0.1 * i for i in range(1, 4)}
+    readings.update({f"sensor_{i}": base + i + cycle * 0.1 for i in range(1, 22)})
+    return readings
+
+
+def with_sensors(row: dict) -> dict:
+    """A view row carrying its latest readings (as the batch and speed layers write it)."""
+    return {**row, "sensors": list(readings_of(row["last_cycle"]).items())}
 
 
 def state_row(machine_id: str, cycle: int, count: int, rul: float, version="1") -> dict:
@@ -58,8 +69,18 @@ def speed_row(
     }
 
 
-def publish(settings, run_id: str, machine_state_version: int, offsets: dict[int, int]) -> int:
-    """Append a manifest row: machine_state at its version covers offsets below `offsets`."""
+def publish(
+    settings,
+    run_id: str,
+    machine_state_version: int,
+    offsets: dict[int, int],
+    history_version: int | None = None,
+) -> int:
+    """Append a manifest row: machine_state (and machine_history) at its version covers
+    offsets below `offsets`."""
+    versions = [("machine_state", machine_state_version)]
+    if history_version is not None:
+        versions.append(("machine_history", history_version))
     return write_rows(
         settings,
         "batch_manifest",
@@ -67,7 +88,7 @@ def publish(settings, run_id: str, machine_state_version: int, offsets: dict[int
             {
                 "run_id": run_id,
                 "published_at": datetime.now(UTC),
-                "table_versions": [("machine_state", machine_state_version)],
+                "table_versions": versions,
                 "partition_offsets": list(offsets.items()),
                 "max_event_time": at(40),
                 "rows_covered": sum(offsets.values()),
@@ -82,18 +103,19 @@ def lake_settings(tmp_path, **overrides):
 
 def seed_lake(settings) -> None:
     rows = [
-        state_row("FD001-test-0001", 31, 31, 10.0),
-        state_row("m2", 40, 40, 80.0),
-        state_row("m3", 10, 10, 50.0),
+        with_sensors(state_row("FD001-test-0001", 31, 31, 10.0)),
+        with_sensors(state_row("m2", 40, 40, 80.0)),
+        with_sensors(state_row("m3", 10, 10, 50.0)),
     ]
-    # partition 2 holds m3: offsets 0-9 are its cycles 1-10 (batch), 10-11 its cycles 11-12
-    publish(settings, "run-1", write_rows(settings, "machine_state", rows), {2: 10})
-    write_rows(settings, "speed_view", [speed_row("m3", 12, [10, 11], 25.0, partition=2)])
-    write_rows(
+    history = write_rows(
         settings,
-        "silver",
+        "machine_history",
         [silver_row(m, c) for m in ("FD001-test-0001", "m2") for c in range(1, 6)],
     )
+    # partition 2 holds m3: offsets 0-9 are its cycles 1-10 (batch), 10-11 its cycles 11-12
+    state = write_rows(settings, "machine_state", rows)
+    publish(settings, "run-1", state, {2: 10}, history_version=history)
+    write_rows(settings, "speed_view", [speed_row("m3", 12, [10, 11], 25.0, partition=2)])
     write_rows(
         settings,
         "alerts",

@@ -82,7 +82,7 @@ def test_machine_is_merged_with_truth(served):
     assert body["as_of"]["boundary"]["run_id"] == "run-1"
     test_machine = get(client, "/v1/machines/FD001-test-0001").json()
     assert test_machine["alert_level"] == "red" and test_machine["true_rul"] == 112
-    assert test_machine["sensors_cycle"] == 5 and "sensor_2" in test_machine["sensors"]
+    assert test_machine["sensors_cycle"] == 31 and "sensor_2" in test_machine["sensors"]
 
 
 def test_fleet_history_alerts_summary(served):

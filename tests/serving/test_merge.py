@@ -9,6 +9,7 @@ from serving_support import (
     silver_row,
     speed_row,
     state_row,
+    with_sensors,
     write_rows,
 )
 
@@ -18,8 +19,9 @@ from serving_layer.merge import latest_boundary, merge_machine_states
 from serving_layer.snapshot import (
     CursorError,
     SnapshotStore,
-    alerts_since,
+    alerts_page,
     fleet_summary,
+    history_window,
     machine_history,
     query_fleet,
 )
@@ -136,8 +138,9 @@ def _fleet_store(tmp_path, n=7):
         state_row(f"m{i}", 10 + i, 10 + i, rul)
         for i, rul in enumerate([5.0, 25.0, 45.0, 70.0, 100.0, 15.0, 65.0][:n])
     ]
-    publish(settings, "r", write_rows(settings, "machine_state", rows), {0: 20})
-    write_rows(settings, "silver", [silver_row("m0", c) for c in (1, 2, 3)])
+    rows[0] = with_sensors(rows[0])
+    history = write_rows(settings, "machine_history", [silver_row("m0", c) for c in (1, 2, 3)])
+    publish(settings, "r", write_rows(settings, "machine_state", rows), {0: 20}, history)
     write_rows(
         settings,
         "alerts",
@@ -153,11 +156,11 @@ def _fleet_store(tmp_path, n=7):
     )
     store = SnapshotStore(DeltaViews(settings), levels)
     store.refresh()
-    return store.current
+    return store.current, store.views
 
 
 def test_fleet_pages_cover_every_machine_once(tmp_path):
-    snapshot = _fleet_store(tmp_path)
+    snapshot, _ = _fleet_store(tmp_path)
     for sort in ("rul", "-rul", "alert_level", "-alert_level", "machine_id", "-machine_id"):
         seen, cursor = [], None
         while True:
@@ -175,7 +178,7 @@ def test_fleet_pages_cover_every_machine_once(tmp_path):
 
 
 def test_bad_cursor_is_rejected(tmp_path):
-    snapshot = _fleet_store(tmp_path)
+    snapshot, _ = _fleet_store(tmp_path)
     _, cursor = query_fleet(snapshot, sort="rul", limit=1)
     with pytest.raises(CursorError):
         query_fleet(snapshot, sort="-rul", cursor=cursor)
@@ -184,11 +187,14 @@ def test_bad_cursor_is_rejected(tmp_path):
 
 
 def test_history_alerts_and_summary(tmp_path):
-    snapshot = _fleet_store(tmp_path)
-    history = machine_history(snapshot, "m0", None, None)
+    snapshot, views = _fleet_store(tmp_path)
+    window = history_window({"last_event_time": silver_row("m0", 3)["event_time"]}, None, None)
+    history, next_from = machine_history(views, snapshot, "m0", window, 10)
     assert [r["cycle"] for r in history] == [1, 2, 3] and "sensor_7" in history[0]
-    assert snapshot.machines["m0"]["sensors_cycle"] == 3
-    assert len(alerts_since(snapshot, None, 10)) == 1
+    assert next_from is None
+    assert snapshot.machines["m0"]["sensors_cycle"] == 10  # the view row's latest readings
+    assert snapshot.machines["m1"]["sensors"] == {}  # a view row without readings
+    assert len(alerts_page(views, snapshot, None, 10)[0]) == 1
     summary = fleet_summary(snapshot)
     assert summary["machines"] == 7 and summary["by_alert_level"]["red"] == 2
     assert summary["as_of"]["boundary"]["run_id"] == "r"
@@ -211,7 +217,6 @@ def test_a_speed_change_rereads_only_the_speed_view(tmp_path):
     publish(
         settings, "r", write_rows(settings, "machine_state", [state_row("m1", 5, 5, 50.0)]), {0: 5}
     )
-    write_rows(settings, "silver", [silver_row("m1", c) for c in range(1, 6)])
     views = CountingViews(settings)
     store = SnapshotStore(views, levels)
     store.refresh()
