@@ -492,7 +492,7 @@ class FloorWriter:
 
 def merge_comparison(spark, settings: Settings, rounds: int) -> dict:
     """Seconds to merge one micro-batch of view rows (one per machine) into speed_view:
-    the Spark MERGE the speed layer used before vs the delta-rs MERGE it uses now; and the
+    a Spark MERGE (the reference) vs the delta-rs MERGE the speed layer uses; and the
     delta-rs MERGE when every machine holds the pending offsets of an hour at 1k events/s
     (the speed view keeps every reading since the last batch run)."""
     from datetime import timedelta

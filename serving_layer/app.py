@@ -118,7 +118,7 @@ def collect_and_freeze() -> None:
     """Collect garbage, then move every live object out of the cyclic collector's reach.
 
     The snapshot, TensorFlow and the loaded models are long-lived: a full collection over
-    them takes ~0.3 s, and it used to stall requests at random (the latency p99). Frozen
+    them takes ~0.3 s, and it would stall requests at random (the latency p99). Frozen
     objects are still freed by reference counting, so a swapped-out snapshot goes away.
     """
     gc.unfreeze()

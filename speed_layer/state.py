@@ -32,7 +32,7 @@ READING_COLUMNS = (*SETTING_COLUMNS, *SENSOR_COLUMNS)
 WIDTH = len(READING_COLUMNS)
 
 # Arrays are kept as raw int64/float64 bytes: pyspark 4.2 fails to read array types in a
-# state schema ("KeyError: 'elementType'"). `pending` and `level` are no longer used (the
+# state schema ("KeyError: 'elementType'"). `pending` and `level` are unused (the
 # speed view accumulates the pending offsets; the driver keeps the alert levels,
 # speed_layer.scorer.AlertMemory); they stay so existing checkpoints load.
 STATE_SCHEMA = (

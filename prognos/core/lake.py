@@ -629,7 +629,7 @@ def wait_for(condition, timeout_s: float, interval_s: float = 0.2) -> bool:
     return bool(condition())
 
 
-# Added by the speed layer: the public name of the idempotent-txn wrapper, for writes
+# The public name of the idempotent-txn wrapper, for writes
 # idempotent_merge does not cover (a MERGE that also deletes matched rows).
 def with_idempotent_txn(spark, app_id: str, version: int, action) -> None:
     """Run action (a Delta write) with txnAppId/txnVersion set: a replay is skipped."""
