@@ -427,25 +427,3 @@ def test_replaying_the_same_events_twice_leaves_silver_unchanged(batch, spark):
     replayed = quarantine[quarantine["run_id"] == "replayed-twice"]
     assert len(replayed) == again.sent
     assert all(list(r) == ["duplicate:machine_id,cycle"] for r in replayed["reasons"])
-
-
-def test_gate_fails_above_the_threshold_after_writing_quarantine(
-    broker_settings, tmp_path_factory, spark
-):
-    from spark_jobs import bronze_ingest, silver
-
-    settings = lake_settings(broker_settings, tmp_path_factory.mktemp("gate-lake"))
-    stack.ensure_topics(settings)
-    good = [json.dumps(good_event("FD001-train-0001", cycle)).encode() for cycle in (1, 2, 3)]
-    bad = [b"{", b"[]", json.dumps(good_event("FD001-train-0001", 0)).encode()]
-    produce(settings, [(b"FD001-train-0001", value) for value in good + bad])
-    bronze_ingest.ingest(spark, settings)
-    with pytest.raises(silver.GateFailedError, match="3 of 6 rows"):
-        silver.run(spark, settings, "gated")
-    quarantine = table(settings, "quarantine")
-    assert sorted(bytes(v) for v in quarantine["value"]) == sorted(bad)
-    assert not lake.is_delta_table(settings.lake / "silver") or table(settings, "silver").empty
-    # a rerun fails the same way and writes nothing twice
-    with pytest.raises(silver.GateFailedError):
-        silver.run(spark, settings, "gated")
-    assert len(table(settings, "quarantine")) == len(bad)
