@@ -23,7 +23,7 @@ from prognos.core.tables import GOLD_LABEL_COLUMNS, get_table, is_delta_table, t
 
 DEFAULT_SUBSET = "FD001"
 # Parquet dictionaries pay off for repeated values, not for ~150 columns of distinct
-# doubles: building them and falling back to plain pages was half of gold's write time.
+# doubles: building them and falling back to plain pages takes half of gold's write time.
 GOLD_WRITE_OPTIONS = {"parquet.enable.dictionary": "false"}
 CMAPSS_ID = re.compile(r"(?P<subset>FD00[1-4])-(?P<split>train|test)-(?P<unit>\d{4})")
 

@@ -53,7 +53,7 @@ class SpeedMetrics:
             registry=r,
         )
         self.progress_batches = Counter(
-            f"{PREFIX}_progress_batches", "Micro-batches reported by the listener", registry=r
+            f"{PREFIX}_progress_batches", "Micro-batches whose query progress was read", registry=r
         )
         self.records = Counter(f"{PREFIX}_records", "Records routed, by kind", ["kind"], registry=r)
 

@@ -96,7 +96,7 @@ class Settings(BaseSettings):
         ge=0,
         description="fetch.max.wait.ms of Spark's Kafka consumers. Spark asks only for "
         "offsets that exist, yet at the client's default (500 ms) each micro-batch's "
-        "read waited ~0.5 s for a fetch held at the broker.",
+        "read waits ~0.5 s for a fetch held at the broker.",
     )
     topic_readings: str = Field("sensor-readings", description="Sensor events topic.")
     topic_readings_partitions: int = Field(
