@@ -169,12 +169,48 @@ def _metric_row(family, labels) -> str:
     return f"| `{family.name}{exposed}` | {family.type} | {names} | {prose(family.documentation)} |"
 
 
+# ---------------------------------------------------------------- errors
+
+
+def errors_markdown() -> str:
+    """Every error class of prognos.core.errors with its HTTP status, gRPC code, exit code."""
+    from prognos.core import errors
+
+    rows = [
+        "| error | HTTP | gRPC | exit | meaning |",
+        "|---|---|---|---|---|",
+    ]
+    classes = [
+        value
+        for value in vars(errors).values()
+        if isinstance(value, type) and issubclass(value, errors.PrognosError)
+    ]
+    for error in sorted(classes, key=_error_order):
+        about = " ".join((error.__doc__ or "").split())
+        rows.append(
+            f"| `{error.__name__}` | {error.http_status} | `{error.grpc_code}` "
+            f"| {error.exit_code} | {prose(about) or '-'} |"
+        )
+    return "\n".join(rows)
+
+
+def _error_order(error: type) -> tuple:
+    """The base first, then each category followed by its subclasses, by name."""
+    chain = [cls.__name__ for cls in reversed(error.__mro__) if hasattr(cls, "exit_code")]
+    return tuple(chain)
+
+
 # ---------------------------------------------------------------- operations.md
 
 
 def operations_markdown(current: str) -> str:
     """docs/operations.md with its generated sections replaced."""
-    for section, body in (("settings", settings_markdown()), ("metrics", metrics_markdown())):
+    sections = (
+        ("settings", settings_markdown()),
+        ("metrics", metrics_markdown()),
+        ("errors", errors_markdown()),
+    )
+    for section, body in sections:
         current = replace_section(current, section, body)
     return current
 
