@@ -381,8 +381,9 @@ def _schema_lines(schema: dict, indent: str = "") -> list[str]:
 
 # ---------------------------------------------------------------- benchmarks.md
 
-# Benches and the reference each figure is measured beside, in the same run
-# (a figure's key -> the key of its reference in the result's "reference").
+# Benches and the reference each figure is measured beside, in the same run (a figure's key
+# -> the key of its reference in the result's "reference"; a reference of the figure's own
+# name pairs without being listed). A bench not listed here is found in bench/*.py.
 BENCHES = {
     "replay": {
         "replay_events_per_s": "bare_kafka_python_events_per_s",
@@ -424,7 +425,8 @@ def benchmarks_markdown(results_dir: Path = RESULTS) -> str:
         "Run one bench with `python bench/<name>.py [--quick]`, all with `make bench`, then "
         "`make docs`.",
     ]
-    for name, pairs in BENCHES.items():
+    for name in bench_names():
+        pairs = BENCHES.get(name, {})
         path = results_dir / f"{name}.json"
         lines += ["", f"## {name}", ""]
         if not path.is_file():
@@ -443,6 +445,14 @@ def benchmarks_markdown(results_dir: Path = RESULTS) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def bench_names() -> list[str]:
+    """The benches listed above, then any other bench/*.py that writes a BenchResult."""
+    found = set()
+    for script in sorted((ROOT / "bench").glob("*.py")):
+        found.update(re.findall(r'BenchResult\(\s*"(\w+)"', script.read_text()))
+    return [*BENCHES, *sorted(found - set(BENCHES))]
+
+
 def _run_line(result: dict) -> list[str]:
     probe = result.get("cpu_probe_s", {})
     return [
@@ -456,10 +466,10 @@ def _run_line(result: dict) -> list[str]:
 
 def _figures_table(result: dict, pairs: dict) -> list[str]:
     figures, reference = result.get("figures", {}), result.get("reference", {})
-    paired = set(pairs.values())
+    paired = set(pairs.values()) | (set(figures) & set(reference))
     rows = ["| figure | prognos | reference | reference figure |", "|---|---|---|---|"]
     for key, value in figures.items():
-        ref_key = pairs.get(key)
+        ref_key = pairs.get(key) or (key if key in reference else None)
         ref_leaves = dict(_leaves(reference.get(ref_key))) if ref_key else {}
         for suffix, leaf in _leaves(value):
             name = _dotted(key, suffix)
