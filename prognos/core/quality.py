@@ -71,13 +71,26 @@ def flatten_payloads(values: pd.Series, contract: EventContract | None = None) -
     numeric = {name for name in contract.columns if name.endswith(NUMBER)} | {EVENT_EPOCH}
     frame = pd.DataFrame(
         {
-            # object dtype keeps each raw value as sent (an int stays int, a string stays str)
-            name: pd.Series([r[name] for r in records], dtype=float if name in numeric else object)
+            name: pd.Series([r[name] for r in records], dtype=float)
+            if name in numeric
+            else pd.Series([_storable(r[name]) for r in records], dtype=object)
             for name in contract.columns
         }
     )
     frame[ROW_ID] = np.arange(len(frame), dtype=np.int64)
     return frame
+
+
+def _storable(value):
+    """A raw value as pandas and GE can hold it. The rules ask only whether a raw value is
+    there (the type faults and numeric copies are their own columns), so a value GE cannot
+    hash (GE fingerprints each frame: an int beyond 64 bits overflows pandas's hashing, a
+    list cannot be hashed) becomes a short text; strings, which silver stores, stay as sent."""
+    if value is None or isinstance(value, str | float | bool):
+        return value
+    if isinstance(value, int) and value.bit_length() < 64:
+        return value
+    return f"<{type(value).__name__}>"
 
 
 # ------------------------------------------------------------------ the suite

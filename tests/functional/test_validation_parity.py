@@ -47,7 +47,8 @@ def valid_events(start: datetime) -> list[dict]:
 
 
 def hand_written(event: dict) -> list[bytes]:
-    """Cases the generators reach rarely: NaN, null and absent readings, null fields."""
+    """Cases the generators reach rarely: NaN, null and absent readings, null fields,
+    integers beyond 64 bits and containers (which pandas cannot hash)."""
     sensors = event["sensors"]
     cases = [
         {**event, "sensors": {**sensors, "sensor_4": math.nan}},
@@ -59,6 +60,8 @@ def hand_written(event: dict) -> list[bytes]:
         {**event, "schema_version": 1.0},
         {**event, "machine_id": "FD001-test-0001\n"},
         {**event, "event_time": "2026-01-01T00:00:00"},
+        {**event, "cycle": 10**400, "sensors": {**sensors, "sensor_4": -(10**400)}},
+        {**event, "cycle": [2**70], "sensors": {**sensors, "sensor_4": {"a": 2**70}}},
     ]
     return [json.dumps(case).encode() for case in cases] + [b"", b"\xef\xbb\xbf{}"]
 
