@@ -1,9 +1,9 @@
 """A Spark standalone cluster on localhost, from the pyspark installation.
 
 `up` starts one master and `PROGNOS_SPARK_CLUSTER_WORKERS` workers (``spark-class
-org.apache.spark.deploy.{master.Master,worker.Worker}``), each bound to 127.0.0.1 in its
-own process group, records their PIDs and logs in ``<state>/run/spark-cluster/`` and
-waits until every worker is registered. `down` stops exactly the recorded PIDs (and the
+org.apache.spark.deploy.{master.Master,worker.Worker}``), each bound to 127.0.0.1 as a
+supervised process (own process group; PID file and log in ``<state>/run/spark-cluster/``)
+and waits until every worker is registered. `down` stops exactly the recorded PIDs (and the
 executors their workers launched). A driver joins with `driver_conf()` and ships the
 project code to the executors with `code_archive()` (``--py-files`` / ``addPyFile``).
 Usage: python -m prognos.core.cluster up|down|status [--json]  (infra/spark-cluster.sh)
@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import socket
-import subprocess
 import sys
 import time
 import urllib.request
@@ -24,6 +22,7 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from prognos.core import supervisor
 from prognos.core.errors import PrognosError, SetupMissingError
 from prognos.core.settings import PROJECT_ROOT, Settings, get_settings
 
@@ -105,38 +104,18 @@ def _pid_file(settings: Settings, name: str) -> Path:
     return cluster_dir(settings) / f"{name}.pid"
 
 
-def _exists(pid: int) -> bool:
-    """The process exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
-def _alive(pid: int, name: str) -> bool:
-    """The PID is still this cluster daemon (an empty command line: exec or exit under way)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    wanted = MASTER_CLASS if name == "master" else WORKER_CLASS
-    return _exists(pid) and (not cmdline or wanted.encode() in cmdline)
+def _marker(name: str) -> bytes:
+    """The daemon's main class: on its command line from spark-class to the JVM."""
+    return (MASTER_CLASS if name == "master" else WORKER_CLASS).encode()
 
 
 def recorded_pids(settings: Settings) -> dict[str, int]:
     """Name -> PID of the cluster processes still running; stale PID files are removed."""
     pids = {}
     for pid_file in sorted(cluster_dir(settings).glob("*.pid")):
-        name = pid_file.stem
-        try:
-            pid = int(pid_file.read_text().strip())
-        except (OSError, ValueError):
-            pid = -1
-        if pid > 0 and _alive(pid, name):
-            pids[name] = pid
-        else:
-            pid_file.unlink(missing_ok=True)
+        pid = supervisor.read_pid(pid_file)
+        if supervisor.is_alive(pid_file, _marker(pid_file.stem)) and pid is not None:
+            pids[pid_file.stem] = pid
     return pids
 
 
@@ -155,17 +134,15 @@ def _start(settings: Settings, name: str, args: list[str]) -> int:
     env["SPARK_MASTER_OPTS"] = "-Dspark.master.rest.enabled=false"  # no fixed port 6066
     env.setdefault("PYSPARK_PYTHON", sys.executable)
     env.pop("SPARK_MASTER", None)
-    log = cluster_dir(settings) / f"{name}.log"
-    with open(log, "ab") as output:
-        process = subprocess.Popen(
-            [str(_spark_class()), *args],
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    _pid_file(settings, name).write_text(str(process.pid))
-    return process.pid
+    spec = supervisor.ProcessSpec(
+        name=f"spark {name}",
+        command=[str(_spark_class()), *args],
+        pid_file=_pid_file(settings, name),
+        log_file=cluster_dir(settings) / f"{name}.log",
+        env=env,
+        marker=_marker(name),
+    )
+    return supervisor.start(spec)
 
 
 def up(settings: Settings | None = None, timeout_s: float = 180.0) -> ClusterStatus:
@@ -220,24 +197,9 @@ def down(settings: Settings | None = None, timeout_s: float = 20.0) -> list[str]
     settings = settings or get_settings()
     pids = recorded_pids(settings)
     names = sorted(pids, key=lambda name: name == "master")  # the master last
-    for name in names:
-        _stop_group(pids[name], timeout_s)
-        _pid_file(settings, name).unlink(missing_ok=True)
+    for name in names:  # a daemon's group holds the executors it launched
+        supervisor.stop(_pid_file(settings, name), timeout_s, marker=_marker(name))
     return names
-
-
-def _stop_group(pid: int, timeout_s: float) -> None:
-    """The daemon runs in its own process group with the executors it launched."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + timeout_s
-        while _exists(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if not _exists(pid):
-            return
 
 
 def status(settings: Settings | None = None) -> ClusterStatus:
