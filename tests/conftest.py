@@ -34,7 +34,19 @@ HEAVY_FIXTURES = frozenset(
 )
 
 
+# The modules whose fixtures run a whole DAG (the critical path of `make test`): they go
+# first, so that under `--dist loadfile` (collection order, see pyproject.toml) each starts
+# at once on its own worker instead of after the modules that merely have more tests.
+LONGEST_MODULES = ("tests/functional/test_run.py", "tests/batch/test_batch_e2e.py")
+
+
+def longest_first(item) -> int:
+    path = item.nodeid.split("::", 1)[0]
+    return LONGEST_MODULES.index(path) if path in LONGEST_MODULES else len(LONGEST_MODULES)
+
+
 def pytest_collection_modifyitems(config, items) -> None:
+    items.sort(key=longest_first)  # stable: the order within each module is kept
     misplaced = [
         f"{item.nodeid} uses {', '.join(sorted(HEAVY_FIXTURES & set(item.fixturenames)))}"
         for item in items

@@ -154,6 +154,49 @@ def batch(broker_settings, tmp_path_factory):
     }
 
 
+# The backfill runs first after the fixture (it leaves the lake's contents as they were):
+# while a worker has more than two tests of this module left, xdist queues no other module
+# behind it. It is one DAG run of five spark-submits through the scheduler, ~5 min on a
+# quiet 2-core machine; the wait leaves room for a machine several times slower.
+BACKFILL_TIMEOUT_S = 2400
+
+
+@pytest.mark.timeout(3000)  # the wait above plus the reserialize, create and stop
+def test_a_backfill_in_airflow_standalone_reprocesses_the_run_date_idempotently(batch):
+    """`airflow standalone` parses the DAGs without import errors; `airflow backfill create`
+    of the logical date the fixture already ran (`--reprocess-behavior completed`) runs it
+    again through the scheduler; the lake ends with the same contents, so re-running a
+    logical date changes nothing (table versions advance). One date proves the scheduler,
+    the backfill and the idempotency; each further date would cost a whole DAG run."""
+    settings = batch["settings"].model_copy(update={"airflow_port": free_port()})
+    env = airflow_env(
+        settings, base={k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+    )
+    env["AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE"] = "False"  # only the backfill's runs
+    versions = lake.table_version_arrow("machine_state", settings)
+    # The backfill is created before the scheduler starts: beside it, SQLite's lock can fail
+    # `backfill create` after it committed the backfill but not its runs, and on SQLite
+    # Airflow leaves that half-made backfill behind (a retry gets AlreadyRunningBackfill).
+    assert airflow(env, "dags", "reserialize").returncode == 0
+    assert airflow(env, "dags", "unpause", "batch_layer").returncode == 0
+    date = datetime.fromisoformat(LOGICAL_DATE)
+    created = airflow(
+        env, "backfill", "create", "--dag-id", "batch_layer",
+        "--from-date", date.isoformat(), "--to-date", date.isoformat(),
+        "--max-active-runs", "1", "--reprocess-behavior", "completed",
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr[-2000:]
+    with airflow_standalone(env) as standalone:
+        runs = wait_until(
+            lambda: finished_backfill_runs(settings, {date}), standalone, BACKFILL_TIMEOUT_S
+        )
+        errors = import_errors(env)  # as the standalone's DAG processor found them
+    assert runs == {date: "success"}, runs
+    assert lake.table_version_arrow("machine_state", settings) > versions
+    assert not [e for e in errors if Path(e["filepath"]).name in PROJECT_DAG_FILES], errors
+    assert_same_contents(batch["snapshot"], snapshot(settings))
+
+
 def test_bronze_holds_every_event_sent(batch):
     assert len(table(batch["settings"], "bronze")) == batch["sent"]
 
@@ -254,47 +297,6 @@ def snapshot(settings) -> dict:
 def assert_same_contents(before: dict, after: dict) -> None:
     for name, frame in before.items():
         pd.testing.assert_frame_equal(frame, after[name], obj=name)
-
-
-# One DAG run of five spark-submits through the scheduler: ~5 min on a quiet 2-core machine;
-# the wait leaves room for a machine several times slower.
-BACKFILL_TIMEOUT_S = 2400
-
-
-@pytest.mark.timeout(3000)  # the wait above plus the reserialize, create and stop
-def test_a_backfill_in_airflow_standalone_reprocesses_the_run_date_idempotently(batch):
-    """`airflow standalone` parses the DAGs without import errors; `airflow backfill create`
-    of the logical date the fixture already ran (`--reprocess-behavior completed`) runs it
-    again through the scheduler; the lake ends with the same contents, so re-running a
-    logical date changes nothing (table versions advance). One date proves the scheduler,
-    the backfill and the idempotency; each further date would cost a whole DAG run."""
-    settings = batch["settings"].model_copy(update={"airflow_port": free_port()})
-    env = airflow_env(
-        settings, base={k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
-    )
-    env["AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE"] = "False"  # only the backfill's runs
-    versions = lake.table_version_arrow("machine_state", settings)
-    # The backfill is created before the scheduler starts: beside it, SQLite's lock can fail
-    # `backfill create` after it committed the backfill but not its runs, and on SQLite
-    # Airflow leaves that half-made backfill behind (a retry gets AlreadyRunningBackfill).
-    assert airflow(env, "dags", "reserialize").returncode == 0
-    assert airflow(env, "dags", "unpause", "batch_layer").returncode == 0
-    date = datetime.fromisoformat(LOGICAL_DATE)
-    created = airflow(
-        env, "backfill", "create", "--dag-id", "batch_layer",
-        "--from-date", date.isoformat(), "--to-date", date.isoformat(),
-        "--max-active-runs", "1", "--reprocess-behavior", "completed",
-    )  # fmt: skip
-    assert created.returncode == 0, created.stderr[-2000:]
-    with airflow_standalone(env) as standalone:
-        runs = wait_until(
-            lambda: finished_backfill_runs(settings, {date}), standalone, BACKFILL_TIMEOUT_S
-        )
-        errors = import_errors(env)  # as the standalone's DAG processor found them
-    assert runs == {date: "success"}, runs
-    assert lake.table_version_arrow("machine_state", settings) > versions
-    assert not [e for e in errors if Path(e["filepath"]).name in PROJECT_DAG_FILES], errors
-    assert_same_contents(batch["snapshot"], snapshot(settings))
 
 
 SQLITE_LOCKED = "database is locked"
