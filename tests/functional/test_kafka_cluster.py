@@ -192,7 +192,10 @@ class Progress:
             if sample["committed"] is not None:
                 committed = sample["committed"][partition]
             value = (sample[name] or {}).get(partition)
-            if sample["t"] < since or value is None:
+            if value is None:
+                continue
+            if sample["t"] < since:  # the offset reached before the crash
+                last_value = value
                 continue
             caught_up = name != "committed" and value >= committed
             if last_value is None or value > last_value or caught_up:
